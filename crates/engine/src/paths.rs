@@ -1,0 +1,74 @@
+//! Names every path under the engine's data root and exec root. No other
+//! module builds a path from these roots by hand.
+
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+
+/// The on-disk layout of one engine instance.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    data_root: PathBuf,
+    exec_root: PathBuf,
+}
+
+impl Paths {
+    pub fn new(data_root: impl Into<PathBuf>, exec_root: impl Into<PathBuf>) -> Self {
+        Paths { data_root: data_root.into(), exec_root: exec_root.into() }
+    }
+    pub fn data_root(&self) -> &Path {
+        &self.data_root
+    }
+    pub fn exec_root(&self) -> &Path {
+        &self.exec_root
+    }
+    /// Held with an exclusive flock while an engine owns this data root.
+    pub fn lock_file(&self) -> PathBuf {
+        self.data_root.join("berthd.lock")
+    }
+    /// The OCI image layout holding every blob (configs, manifests, layers).
+    pub fn content_dir(&self) -> PathBuf {
+        self.data_root.join("content")
+    }
+    pub fn blob(&self, d: &Digest) -> PathBuf {
+        self.content_dir().join("blobs/sha256").join(d.hex())
+    }
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.content_dir().join("blobs/sha256")
+    }
+    /// Partial downloads, kept across restarts so a pull can resume them.
+    pub fn ingest_dir(&self) -> PathBuf {
+        self.content_dir().join("ingest")
+    }
+    pub fn ingest(&self, d: &Digest) -> PathBuf {
+        self.ingest_dir().join(d.hex())
+    }
+    /// Unpacked layers, one directory per chain ID.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.data_root.join("snapshots")
+    }
+    pub fn snapshot(&self, chain_id: &Digest) -> PathBuf {
+        self.snapshots_dir().join(chain_id.hex())
+    }
+    /// Where layers are unpacked before they are committed under their chain ID.
+    pub fn snapshots_tmp_dir(&self) -> PathBuf {
+        self.data_root.join("snapshots-tmp")
+    }
+    /// Image records and the tag store.
+    pub fn metadata_dir(&self) -> PathBuf {
+        self.data_root.join("metadata")
+    }
+    pub fn images_dir(&self) -> PathBuf {
+        self.metadata_dir().join("images")
+    }
+    pub fn image_record(&self, id: &Digest) -> PathBuf {
+        self.images_dir().join(format!("{}.json", id.hex()))
+    }
+    pub fn references_file(&self) -> PathBuf {
+        self.metadata_dir().join("references.json")
+    }
+    /// Scratch space for uploads (load, import) that are not yet content.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.data_root.join("tmp")
+    }
+}
