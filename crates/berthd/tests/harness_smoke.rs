@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Need, http_tcp, require};
+use common::{http_tcp, require, Need};
 
 #[test]
 fn registry_lists_busybox_tags() {
@@ -22,7 +22,10 @@ fn registry_lists_busybox_tags() {
         .iter()
         .filter_map(|t| t.as_str())
         .collect();
-    assert!(tags.contains(&"latest") && tags.contains(&"1.35"), "tags: {tags:?}");
+    assert!(
+        tags.contains(&"latest") && tags.contains(&"1.35"),
+        "tags: {tags:?}"
+    );
 }
 
 #[test]
@@ -33,7 +36,9 @@ fn registry_serves_fixture_manifest_digest() {
         eprintln!("skipping: BERTH_TEST_FIXTURES not set");
         return;
     };
-    let want = fixtures["berth/multiarch:latest"]["manifest"].as_str().expect("digest");
+    let want = fixtures["berth/multiarch:latest"]["manifest"]
+        .as_str()
+        .expect("digest");
 
     let (status, headers, _) = http_tcp(
         &registry,
@@ -44,7 +49,10 @@ fn registry_serves_fixture_manifest_digest() {
     );
 
     assert_eq!(status, 200);
-    let got = headers.iter().find(|(k, _)| k == "docker-content-digest").map(|(_, v)| v.as_str());
+    let got = headers
+        .iter()
+        .find(|(k, _)| k == "docker-content-digest")
+        .map(|(_, v)| v.as_str());
     assert_eq!(got, Some(want));
 }
 
@@ -59,7 +67,9 @@ fn reference_pulls_busybox_from_mirror() {
     let inspect: serde_json::Value = serde_json::from_str(&inspect).expect("inspect is JSON");
     assert_eq!(inspect[0]["Config"]["Cmd"][0], "sh");
     if let Some(fixtures) = common::fixtures_json() {
-        let want = fixtures["library/busybox:latest"]["manifest"].as_str().expect("digest");
+        let want = fixtures["library/busybox:latest"]["manifest"]
+            .as_str()
+            .expect("digest");
         let repo_digests = inspect[0]["RepoDigests"].to_string();
         assert!(repo_digests.contains(want), "{repo_digests} lacks {want}");
     }
@@ -70,12 +80,22 @@ fn reference_api_decodes_chunked_pull_progress() {
     require!(Need::Registry, Need::Reference);
     let reference = common::reference().expect("required above");
 
-    let (status, headers, body) =
-        reference.api("POST", "/images/create?fromImage=busybox&tag=latest", None, &[]);
+    let (status, headers, body) = reference.api(
+        "POST",
+        "/images/create?fromImage=busybox&tag=latest",
+        None,
+        &[],
+    );
 
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    assert!(headers.iter().any(|(k, v)| k == "transfer-encoding" && v == "chunked"));
-    let last = String::from_utf8_lossy(&body).lines().last().unwrap_or_default().to_string();
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v == "chunked"));
+    let last = String::from_utf8_lossy(&body)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
     assert!(last.contains("Status: "), "last progress line: {last}");
 }
 

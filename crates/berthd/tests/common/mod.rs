@@ -169,7 +169,11 @@ impl Client {
         );
         fs::create_dir_all(&config_dir).expect("create DOCKER_CONFIG dir");
         fs::write(config_dir.join("config.json"), "{}\n").expect("write DOCKER_CONFIG");
-        Client { host, socket, config_dir }
+        Client {
+            host,
+            socket,
+            config_dir,
+        }
     }
 
     /// The daemon address: `unix:///...`.
@@ -247,8 +251,10 @@ impl Client {
         body: Option<&[u8]>,
         headers: &[(&str, &str)],
     ) -> Response {
-        let stream = UnixStream::connect(&self.socket)
-            .unwrap_or_else(|e| panic!("connect {}: {e}", self.socket.display()));
+        let stream = self.connect();
+        stream
+            .set_read_timeout(Some(command_timeout()))
+            .expect("set read timeout");
         http(stream, method, path, body, headers)
     }
 
@@ -262,7 +268,10 @@ impl Client {
     ) -> (u16, serde_json::Value) {
         let body = body.map(|v| serde_json::to_vec(v).expect("serialise JSON body"));
         let (status, _, out) = self.api(method, path, body.as_deref(), &[]);
-        (status, serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// A connected socket, for hijacked or streaming endpoints (attach,
@@ -294,9 +303,13 @@ fn command_timeout() -> Duration {
 /// Runs `cmd` to completion with captured output; kills it and panics after
 /// the timeout, so a hung command fails its test instead of the whole run.
 fn run_bounded(mut cmd: Command, input: Option<&[u8]>, args: &[&str]) -> Output {
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {DOCKER}: {e}"));
@@ -372,6 +385,9 @@ pub fn http_tcp(
     headers: &[(&str, &str)],
 ) -> Response {
     let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(command_timeout()))
+        .expect("set read timeout");
     http(stream, method, path, body, headers)
 }
 
@@ -382,8 +398,7 @@ fn http<S: Read + Write>(
     body: Option<&[u8]>,
     headers: &[(&str, &str)],
 ) -> Response {
-    try_http(stream, method, path, body, headers)
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    try_http(stream, method, path, body, headers).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 fn try_http<S: Read + Write>(
@@ -414,7 +429,9 @@ fn try_http<S: Read + Write>(
     stream.write_all(&raw).map_err(|e| format!("write: {e}"))?;
 
     let mut resp = Vec::new();
-    stream.read_to_end(&mut resp).map_err(|e| format!("read: {e}"))?;
+    stream
+        .read_to_end(&mut resp)
+        .map_err(|e| format!("read: {e}"))?;
     let head_end = find(&resp, b"\r\n\r\n").ok_or("response without a header end")?;
     let head = String::from_utf8_lossy(&resp[..head_end]).into_owned();
     let mut lines = head.split("\r\n");
@@ -428,14 +445,21 @@ fn try_http<S: Read + Write>(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let rest = &resp[head_end + 4..];
     let body = if method == "HEAD" || status == 204 || status == 304 {
         Vec::new()
     } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         dechunk(rest)?
     } else if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        rest.get(..len).ok_or("body shorter than Content-Length")?.to_vec()
+        rest.get(..len)
+            .ok_or("body shorter than Content-Length")?
+            .to_vec()
     } else {
         rest.to_vec()
     };
@@ -547,7 +571,10 @@ impl Berthd {
 
     /// The data root (`--data-root`).
     pub fn data_root(&self) -> &Path {
-        self.data_root.as_ref().expect("data root lives until drop").path()
+        self.data_root
+            .as_ref()
+            .expect("data root lives until drop")
+            .path()
     }
 
     /// The exec root (`--exec-root`).
@@ -556,7 +583,10 @@ impl Berthd {
     }
 
     fn run_dir(&self) -> &Path {
-        self.run_dir.as_ref().expect("run dir lives until drop").path()
+        self.run_dir
+            .as_ref()
+            .expect("run dir lives until drop")
+            .path()
     }
 
     /// The daemon's process id, while it runs.
@@ -678,7 +708,10 @@ impl Drop for Berthd {
         kill_leftovers(&roots);
         unmount_under(&roots);
         if non_empty_env("BERTH_TEST_KEEP").is_some() {
-            for dir in [self.run_dir.take(), self.data_root.take()].into_iter().flatten() {
+            for dir in [self.run_dir.take(), self.data_root.take()]
+                .into_iter()
+                .flatten()
+            {
                 eprintln!("keeping {}", dir.keep().display());
             }
         }
@@ -702,19 +735,30 @@ fn tail(text: &str, max: usize) -> &str {
 /// processes in another mount namespace whose root filesystem is mounted from
 /// under `roots` (containers: their overlay options name the data root).
 fn kill_leftovers(roots: &[PathBuf]) {
-    let Ok(procs) = fs::read_dir("/proc") else { return };
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return;
+    };
     let me = std::process::id();
     let my_mnt_ns = fs::read_link("/proc/self/ns/mnt").ok();
-    let mentions_root =
-        |text: &[u8]| roots.iter().any(|r| mentions(text, r.as_os_str().as_bytes()));
+    let mentions_root = |text: &[u8]| {
+        roots
+            .iter()
+            .any(|r| mentions(text, r.as_os_str().as_bytes()))
+    };
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me {
             continue;
         }
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let mut names_root = cmdline.split(|b| *b == 0).any(mentions_root);
         if !names_root && fs::read_link(entry.path().join("ns/mnt")).ok() != my_mnt_ns {
             // The process's "/" mount: field 5 of its mountinfo line is "/".
@@ -753,7 +797,9 @@ fn mentions(arg: &[u8], root: &[u8]) -> bool {
 /// Detaches every mount at or below `roots` in our mount namespace, deepest
 /// first (overlays, shm, volume binds a killed daemon left mounted).
 fn unmount_under(roots: &[PathBuf]) {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return };
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
     let mut targets: Vec<PathBuf> = info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
@@ -763,7 +809,9 @@ fn unmount_under(roots: &[PathBuf]) {
     targets.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
     targets.dedup();
     for target in targets {
-        let Ok(c) = CString::new(target.as_os_str().as_bytes()) else { continue };
+        let Ok(c) = CString::new(target.as_os_str().as_bytes()) else {
+            continue;
+        };
         // SAFETY: c is a valid NUL-terminated path that outlives the call.
         unsafe { umount2(c.as_ptr(), MNT_DETACH) };
     }
@@ -775,7 +823,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;

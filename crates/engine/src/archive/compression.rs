@@ -66,10 +66,7 @@ impl<R: Read> ZstdFrames<R> {
             }
             match self.decoder.reset(&mut self.source) {
                 Ok(()) => return Ok(true),
-                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
-                    length,
-                    ..
-                })) => {
+                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame { length, .. })) => {
                     let skipped = io::copy(&mut (&mut self.source).take(u64::from(length)), &mut io::sink())?;
                     if skipped != u64::from(length) {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated zstd skippable frame"));

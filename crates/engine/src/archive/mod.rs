@@ -25,9 +25,9 @@
 //! once stays what it was while the entry is created.
 
 mod compression;
+mod pack;
 mod sys;
 mod unpack;
-mod pack;
 
 #[cfg(test)]
 mod tests;
@@ -134,7 +134,10 @@ impl fmt::Display for Rejection {
             Rejection::WhiteoutAsDirectory { component } => {
                 write!(f, "whiteout {component:?} used as a directory")
             }
-            Rejection::UnsupportedType(t) => write!(f, "unsupported entry type {:?}", char::from(*t)),
+            Rejection::UnsupportedType(t) if t.is_ascii_graphic() => {
+                write!(f, "unsupported entry type {:?}", char::from(*t))
+            }
+            Rejection::UnsupportedType(t) => write!(f, "unsupported entry type {t:#04x}"),
             Rejection::InvalidHeaderField(field) => write!(f, "invalid {field} in header"),
         }
     }

@@ -10,7 +10,7 @@ use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 use tar::{EntryType, Header};
 
-use super::sys::{self, XattrTarget};
+use super::sys::{self, XattrTarget, Xattrs};
 use super::{ArchiveError, PackOptions, OVERLAY_OPAQUE_XATTR, WHITEOUT_OPAQUE, WHITEOUT_PREFIX};
 
 /// Longest name or link target stored in the ustar header itself; longer
@@ -21,8 +21,9 @@ const USTAR_NAME_MAX: usize = 100;
 /// `uid` / `gid` records.
 const USTAR_ID_MAX: u32 = 0o7_777_777;
 
-/// Xattrs that belong to overlayfs itself and mean nothing in a tar.
-const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
+/// Xattrs never written: overlayfs' own, which mean nothing in a tar, and
+/// the host's SELinux label, which dockerd does not carry into images either.
+const HOST_XATTR_PREFIXES: [&[u8]; 3] = [b"trusted.overlay.", b"user.overlay.", b"security.selinux"];
 
 /// Writes the tree under `dir` (not `dir` itself) to `out` as a tar, with
 /// names relative to `dir` (`etc/`, `etc/passwd`).
@@ -34,8 +35,8 @@ const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay.
 /// written becomes a hardlink entry; devices and fifos keep their numbers;
 /// sockets are skipped. With `opts.overlay_whiteouts`, 0:0 character
 /// devices become `.wh.<name>` and opaque directories gain a
-/// `.wh..wh..opq` entry, as in a layer tar. Overlayfs' own xattrs are never
-/// written.
+/// `.wh..wh..opq` entry, as in a layer tar. Overlayfs' own xattrs and
+/// `security.selinux` are never written.
 ///
 /// Every entry is reached through its parent's descriptor without following
 /// symlinks, so a tree that changes while it is packed (a running
@@ -205,7 +206,7 @@ impl<W: Write> Packer<'_, W> {
         self.append(EntryType::Regular, &path, None, &attrs, &[], io::empty())
     }
 
-    fn xattrs_at(&self, dir: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ArchiveError> {
+    fn xattrs_at(&self, dir: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<Xattrs, ArchiveError> {
         XattrTarget::At { parent: dir, name }.read_all().map_err(|e| self.read_err(path, e))
     }
 
@@ -252,7 +253,7 @@ impl<W: Write> Packer<'_, W> {
             header.set_device_minor(fs::minor(rdev)).map_err(ArchiveError::WriteTar)?;
         }
         for (key, value) in xattrs {
-            if OVERLAY_XATTR_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            if HOST_XATTR_PREFIXES.iter().any(|p| key.starts_with(p)) {
                 continue;
             }
             match std::str::from_utf8(key) {

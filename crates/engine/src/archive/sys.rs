@@ -9,23 +9,13 @@ use rustix::io::{Errno, Result};
 
 /// Opens directory `name` in `parent` for reading, refusing symlinks.
 pub(super) fn open_dir(parent: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd> {
-    fs::openat(
-        parent,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
+    fs::openat(parent, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
 }
 
 /// Opens directory `name` in `parent` only as an anchor for `*at()` calls,
 /// refusing symlinks (`ENOTDIR`). Needs no read permission on the directory.
 pub(super) fn open_dir_path(parent: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd> {
-    fs::openat(
-        parent,
-        name,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
+    fs::openat(parent, name, OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
 }
 
 /// Reopens the directory behind an `O_PATH` descriptor for reading, which
@@ -86,6 +76,9 @@ pub(super) fn remove_all_at(parent: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
     }
 }
 
+/// Xattrs as (name, value) pairs.
+pub(super) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Where an xattr is read or written.
 pub(super) enum XattrTarget<'a> {
     /// An open regular file or directory.
@@ -134,7 +127,7 @@ impl XattrTarget<'_> {
 
     /// Every xattr as (name, value), sorted by name. A file system without
     /// xattr support has none.
-    pub(super) fn read_all(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub(super) fn read_all(&self) -> Result<Xattrs> {
         let list = match read_sized(|| self.list_size(), |buf| self.list_into(buf)) {
             Err(Errno::NOTSUP) => return Ok(Vec::new()),
             other => other?,
@@ -155,10 +148,7 @@ impl XattrTarget<'_> {
 
 /// Reads a variable-sized xattr list or value: asks for the size, then
 /// reads, and retries if it grew in between (`ERANGE`).
-fn read_sized(
-    size: impl Fn() -> Result<usize>,
-    read: impl Fn(&mut [u8]) -> Result<usize>,
-) -> Result<Vec<u8>> {
+fn read_sized(size: impl Fn() -> Result<usize>, read: impl Fn(&mut [u8]) -> Result<usize>) -> Result<Vec<u8>> {
     loop {
         let len = size()?;
         if len == 0 {

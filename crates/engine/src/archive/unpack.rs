@@ -10,10 +10,10 @@ use rustix::fs::{self, AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamp
 use rustix::io::Errno;
 use tar::EntryType;
 
-use super::sys::{self, XattrTarget};
+use super::sys::{self, XattrTarget, Xattrs};
 use super::{
-    ApplyOptions, ApplyStats, ArchiveError, Rejection, OVERLAY_OPAQUE_XATTR, WHITEOUT_META_PREFIX,
-    WHITEOUT_OPAQUE, WHITEOUT_PREFIX,
+    ApplyOptions, ApplyStats, ArchiveError, Rejection, OVERLAY_OPAQUE_XATTR, WHITEOUT_META_PREFIX, WHITEOUT_OPAQUE,
+    WHITEOUT_PREFIX,
 };
 
 /// Longest path (in bytes, after cleaning) accepted, as the kernel's
@@ -51,15 +51,17 @@ const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay.
 ///   with one warning per layer, as dockerd does; `trusted.overlay.*` and
 ///   `user.overlay.*` from the tar are always dropped.
 ///
+/// Reads `layer` to its end, past the tar's end-of-archive marker, so a
+/// digest computed over the stream covers all of it.
+///
 /// Nothing outside `dest` is created or changed; see the module docs. A
 /// leading `/` is dropped; an entry that climbs out with `..`, goes through
 /// a symlink, or hardlinks to something outside is refused with
 /// [`ArchiveError::ValidateEntry`] naming its path. On any error `dest` may
 /// hold part of the layer and should be discarded.
 pub fn apply_layer(layer: impl Read, dest: &Path, opts: &ApplyOptions) -> Result<ApplyStats, ArchiveError> {
-    let root = fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| {
-        ArchiveError::OpenDestination { path: dest.to_path_buf(), source: e.into() }
-    })?;
+    let root = fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| ArchiveError::OpenDestination { path: dest.to_path_buf(), source: e.into() })?;
     let mut unpacker = Unpacker {
         root: Rc::new(root),
         cache: None,
@@ -75,6 +77,9 @@ pub fn apply_layer(layer: impl Read, dest: &Path, opts: &ApplyOptions) -> Result
         let mut entry = entry.map_err(ArchiveError::ReadLayer)?;
         unpacker.apply_entry(&mut entry)?;
     }
+    // Tar writers pad past the end-of-archive marker; read it all so a digest
+    // computed over the stream covers every byte.
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(ArchiveError::ReadLayer)?;
     unpacker.finish()
 }
 
@@ -84,7 +89,7 @@ struct Meta {
     uid: u32,
     gid: u32,
     mtime: Timespec,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    xattrs: Xattrs,
 }
 
 /// What is at an entry's path before the entry is applied.
@@ -175,10 +180,17 @@ impl Unpacker {
             let whiteout_err = |e: Errno| ArchiveError::CreateWhiteout { path: shown.clone(), source: e.into() };
             fs::mknodat(parent.as_fd(), hidden, FileType::CharacterDevice, Mode::empty(), 0).map_err(whiteout_err)?;
             if self.same_owner {
-                fs::chownat(parent.as_fd(), hidden, Some(uid(meta.uid)), Some(gid(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(whiteout_err)?;
+                fs::chownat(
+                    parent.as_fd(),
+                    hidden,
+                    Some(uid(meta.uid)),
+                    Some(gid(meta.gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(whiteout_err)?;
             }
-            fs::utimensat(parent.as_fd(), hidden, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW).map_err(whiteout_err)?;
+            fs::utimensat(parent.as_fd(), hidden, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(whiteout_err)?;
             self.stats.entries += 1;
             return Ok(());
         }
@@ -249,11 +261,8 @@ impl Unpacker {
                     tracing::debug!(path = %shown, "ignoring hardlink to itself");
                     return Ok(());
                 }
-                let link_err = |source| ArchiveError::LinkEntry {
-                    path: shown.clone(),
-                    target: target_shown.clone(),
-                    source,
-                };
+                let link_err =
+                    |source| ArchiveError::LinkEntry { path: shown.clone(), target: target_shown.clone(), source };
                 let target_parent = match self.parent(target_parents, false, &shown) {
                     Err(ArchiveError::ResolveParent { source, .. }) => return Err(link_err(source)),
                     other => other?,
@@ -472,16 +481,16 @@ enum MetaError {
 
 fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, MetaError> {
     let header = entry.header();
-    let mode = header.mode().map_err(|_| MetaError::Invalid("mode"))? & 0o7777;
-    let mut uid_raw = header.uid().map_err(|_| MetaError::Invalid("uid"))?;
-    let mut gid_raw = header.gid().map_err(|_| MetaError::Invalid("gid"))?;
-    let secs = header.mtime().map_err(|_| MetaError::Invalid("mtime"))?;
+    let fields = header.as_old();
+    let mode = numeric(header.mode().map(u64::from), &fields.mode, "mode")? as u32 & 0o7777;
+    let mut uid_raw = numeric(header.uid(), &fields.uid, "uid")?;
+    let mut gid_raw = numeric(header.gid(), &fields.gid, "gid")?;
+    let secs = numeric(header.mtime(), &fields.mtime, "mtime")?;
     let mut mtime = Timespec { tv_sec: i64::try_from(secs).map_err(|_| MetaError::Invalid("mtime"))?, tv_nsec: 0 };
     let mut xattrs = Vec::new();
     if let Some(records) = entry.pax_extensions().map_err(MetaError::Read)? {
         for record in records {
-            let record =
-                record.map_err(|e| MetaError::Read(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+            let record = record.map_err(|e| MetaError::Read(io::Error::new(io::ErrorKind::InvalidData, e)))?;
             let key = record.key_bytes();
             let value = record.value_bytes();
             if key == b"uid" {
@@ -502,6 +511,17 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, MetaError> 
     let uid = u32::try_from(uid_raw).ok().filter(|u| *u != u32::MAX).ok_or(MetaError::Invalid("uid"))?;
     let gid = u32::try_from(gid_raw).ok().filter(|g| *g != u32::MAX).ok_or(MetaError::Invalid("gid"))?;
     Ok(Meta { mode, uid, gid, mtime, xattrs })
+}
+
+/// A numeric header field. Like Go's archive/tar (and so dockerd), an
+/// empty field (all NULs or spaces, as some tar writers leave unused ones)
+/// reads as 0; the tar crate refuses it.
+fn numeric(parsed: io::Result<u64>, raw: &[u8], field: &'static str) -> Result<u64, MetaError> {
+    match parsed {
+        Ok(value) => Ok(value),
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        Err(_) => Err(MetaError::Invalid(field)),
+    }
 }
 
 fn parse_decimal(value: &[u8]) -> Option<u64> {

@@ -88,6 +88,23 @@ pub struct HistoryItem {
     pub comment: String,
 }
 
+/// An image's `config` as dockerd shows it: its container-config struct
+/// with every always-present field filled in.
+fn container_config(config: Option<&serde_json::Value>) -> serde_json::Value {
+    let mut out = serde_json::json!({
+        "Hostname": "", "Domainname": "", "User": "", "AttachStdin": false, "AttachStdout": false,
+        "AttachStderr": false, "Tty": false, "OpenStdin": false, "StdinOnce": false, "Env": null,
+        "Cmd": null, "Image": "", "Volumes": null, "WorkingDir": "", "Entrypoint": null,
+        "OnBuild": null, "Labels": null,
+    });
+    if let (Some(serde_json::Value::Object(src)), serde_json::Value::Object(dst)) = (config, &mut out) {
+        for (k, v) in src {
+            dst.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
 /// Image part of `/system/df`.
 pub struct DiskUsage {
     pub layers_size: u64,
@@ -255,8 +272,9 @@ impl Images {
                 if matching.is_empty() {
                     continue;
                 }
-                // dockerd lists only the tags that matched.
+                // dockerd lists only the names that matched.
                 summary.repo_tags.retain(|t| matching.iter().any(|r| r.familiar() == *t));
+                summary.repo_digests.retain(|t| matching.iter().any(|r| r.familiar() == *t));
             }
             out.push(summary);
         }
@@ -303,7 +321,7 @@ impl Images {
             container_config: c.get("container_config").cloned().unwrap_or(serde_json::json!({})),
             docker_version: s("docker_version"),
             author: s("author"),
-            config: c.get("config").cloned().unwrap_or(serde_json::Value::Null),
+            config: container_config(c.get("config")),
             architecture: s("architecture"),
             variant: c.get("variant").and_then(|v| v.as_str()).map(str::to_owned),
             os: s("os"),

@@ -239,7 +239,11 @@ impl ImageStore {
     /// Finds an image by name (tag or digest reference) or by (a prefix
     /// of) its ID, in dockerd's order.
     pub fn find(&self, name_or_id: &str) -> Result<Found> {
-        let not_found = || Error::not_found(format!("No such image: {name_or_id}"));
+        let shown = match Reference::parse(name_or_id) {
+            Ok(r) if !is_id_prefix(name_or_id) => r.with_default_tag().familiar(),
+            _ => name_or_id.to_owned(),
+        };
+        let not_found = || Error::not_found(format!("No such image: {shown}"));
         if name_or_id.is_empty() {
             return Err(not_found());
         }
@@ -298,4 +302,10 @@ impl ImageStore {
     pub fn children(&self, id: &Digest) -> Vec<Digest> {
         self.read().images.values().filter(|i| i.record.parent.as_ref() == Some(id)).map(|i| i.id().clone()).collect()
     }
+}
+
+/// Whether `s` could be (a prefix of) an image ID rather than a name.
+fn is_id_prefix(s: &str) -> bool {
+    let hex = s.strip_prefix("sha256:").unwrap_or(s);
+    !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

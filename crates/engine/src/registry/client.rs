@@ -419,7 +419,11 @@ impl RegistryClient {
                 Ok(r) => return Ok(r),
                 Err(e) if repo.endpoint.mirror || e.is_transport() => {
                     tracing::warn!(image = %reference, endpoint = %repo.endpoint.url, error = %e, "endpoint failed, trying the next");
-                    last = Some(e);
+                    // A registry's own answer ("manifest unknown") says more
+                    // than a later endpoint that could not be reached.
+                    if last.as_ref().is_none_or(RegistryError::is_transport) {
+                        last = Some(e);
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -580,13 +584,13 @@ impl RegistryClient {
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(fail(resp, self.op_for(repo, &repo.familiar_name())).await),
+            _ => Err(fail(resp, self.op_for(repo)).await),
         }
     }
 
-    fn op_for<'a>(&self, repo: &Repository, name: &'a str) -> Op<'a> {
+    fn op_for(&self, repo: &Repository) -> Op<'static> {
         if repo.push {
-            Op::Push { name }
+            Op::Push
         } else {
             Op::Other
         }
@@ -603,8 +607,7 @@ impl RegistryClient {
         size: u64,
         body: impl Into<reqwest::Body>,
     ) -> Result<(), RegistryError> {
-        let name = repo.familiar_name();
-        let op = self.op_for(repo, &name);
+        let op = self.op_for(repo);
         let scope = repo.scope();
         let url = repo.url("blobs/uploads/")?;
         let resp = self
@@ -653,7 +656,6 @@ impl RegistryClient {
         if !valid_target {
             return Err(RegistryError::Config(format!("invalid tag or digest {tag_or_digest:?}")));
         }
-        let name = repo.familiar_name();
         let url = repo.url(&format!("manifests/{tag_or_digest}"))?;
         let resp = self
             .send(&repo.endpoint, &repo.credentials, &repo.scope(), |h| {
@@ -661,7 +663,7 @@ impl RegistryClient {
             })
             .await?;
         if !resp.status().is_success() {
-            return Err(fail(resp, self.op_for(repo, &name)).await);
+            return Err(fail(resp, self.op_for(repo)).await);
         }
         let digest_header = header_str(resp.headers(), DOCKER_CONTENT_DIGEST);
         check_manifest_digest(&bytes, None, digest_header.as_deref())

@@ -158,8 +158,8 @@ pub(crate) enum Op<'a> {
     /// Pulling a manifest: `familiar` is the reference as the user wrote it
     /// (`redis:nope`), `name` the familiar repository (`redis`).
     PullManifest { familiar: &'a str, name: &'a str },
-    /// Anything done while pushing to the repository named `name`.
-    Push { name: &'a str },
+    /// Anything done while pushing.
+    Push,
     /// Anything else (blobs, tags, catalog).
     Other,
 }
@@ -185,7 +185,7 @@ pub(crate) fn from_response(status: StatusCode, body: &[u8], op: Op<'_>) -> Regi
                 denied_detail(code, detail)
             ))
         }
-        (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Op::Push { .. }) => {
+        (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Op::Push) => {
             RegistryError::Unauthorized(denied_detail(code, detail))
         }
         (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Op::Other) => {
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn denied_push_is_unauthorized() {
-        let e = from_response(StatusCode::FORBIDDEN, b"", Op::Push { name: "x" });
+        let e = from_response(StatusCode::FORBIDDEN, b"", Op::Push);
         assert!(e.is_unauthorized());
     }
 
