@@ -332,6 +332,11 @@ impl Images {
                 None
             };
             let offset = ingest.offset();
+            if offset > 0 {
+                tracing::info!(layer = %desc.digest, offset, "resuming download");
+            } else {
+                tracing::info!(layer = %desc.digest, size = desc.size, "downloading layer");
+            }
             let mut stream = self.registry.fetch_blob(&resolved.repository, desc, offset).await.map_err(LayerError::from_registry)?;
             let total = desc.size;
             let progress = progress.clone();
@@ -363,7 +368,7 @@ impl Images {
         let unpacked = tokio::task::spawn_blocking(move || unpack(source, &dest2, expected_size))
             .await
             .map_err(|e| fatal(format!("unpack task: {e}")))?;
-        let (blob_digest, blob_size, actual_diff, source) = match unpacked {
+        let (blob_digest, blob_size, applied, source) = match unpacked {
             Ok(v) => v,
             Err(UnpackError::Transport(e)) => return Err(LayerError::Retryable(Error::new(Kind::Unavailable, e))),
             Err(UnpackError::Layer(e)) => return Err(LayerError::Fatal(Error::invalid(format!("failed to register layer: {e}")))),
@@ -382,6 +387,7 @@ impl Images {
             ingest.commit(&blob_digest, blob_size, Some(desc.size)).map_err(|e| fatal(e.to_string()))?;
             progress.send(JsonMessage::empty_detail("Download complete", &short));
         }
+        let actual_diff = applied.map_err(|e| LayerError::Fatal(Error::invalid(format!("failed to register layer: {e}"))))?;
         if actual_diff != *diff_id {
             return Err(LayerError::Fatal(Error::invalid(format!(
                 "failed to register layer: layer {} has diff ID {actual_diff}, the image config says {diff_id}",
@@ -484,7 +490,14 @@ impl Read for Shared {
 
 /// Decompresses and unpacks one layer while hashing both the compressed
 /// blob and the uncompressed tar. Runs on a blocking thread.
-fn unpack(source: Source, dest: &std::path::Path, _expected: u64) -> std::result::Result<(Digest, u64, Digest, Source), UnpackError> {
+/// Returns the blob's digest and length, and the unpack outcome (the diff
+/// ID, or why the tar was refused).
+#[allow(clippy::type_complexity)]
+fn unpack(
+    source: Source,
+    dest: &std::path::Path,
+    _expected: u64,
+) -> std::result::Result<(Digest, u64, std::result::Result<Digest, String>, Source), UnpackError> {
     let shared = Arc::new(Mutex::new(source));
     let transport_failed = Arc::new(AtomicBool::new(false));
     let classify = |e: String, failed: &AtomicBool| {
@@ -494,14 +507,15 @@ fn unpack(source: Source, dest: &std::path::Path, _expected: u64) -> std::result
             UnpackError::Layer(e)
         }
     };
-    let diff = {
-        let reader = archive::decompressed(Shared(shared.clone(), transport_failed.clone()))
-            .map_err(|e| classify(e.to_string(), &transport_failed))?;
+    let applied = (|| {
+        let reader = archive::decompressed(Shared(shared.clone(), transport_failed.clone())).map_err(|e| e.to_string())?;
         let mut tar = HashingReader::new(reader);
-        archive::apply_layer(&mut tar, dest, &ApplyOptions::default()).map_err(|e| classify(e.to_string(), &transport_failed))?;
-        io::copy(&mut tar, &mut io::sink()).map_err(|e| classify(e.to_string(), &transport_failed))?;
-        tar.finish().0
-    };
+        archive::apply_layer(&mut tar, dest, &ApplyOptions::default()).map_err(|e| e.to_string())?;
+        io::copy(&mut tar, &mut io::sink()).map_err(|e| e.to_string())?;
+        Ok::<_, String>(tar.finish().0)
+    })();
+    // Read the rest of the blob even when unpacking failed: a blob that is
+    // not what the manifest promised is reported as such, not as a bad tar.
     io::copy(&mut Shared(shared.clone(), transport_failed.clone()), &mut io::sink())
         .map_err(|e| classify(e.to_string(), &transport_failed))?;
     let source = Arc::try_unwrap(shared)
@@ -510,7 +524,7 @@ fn unpack(source: Source, dest: &std::path::Path, _expected: u64) -> std::result
         .map_err(|_| UnpackError::Layer("layer source lock poisoned".into()))?;
     let len = source.hasher.len();
     let digest = source.hasher.clone().finish();
-    Ok((digest, len, diff, source))
+    Ok((digest, len, applied, source))
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use crate::reference::{Reference, DEFAULT_DOMAIN, DEFAULT_TAG};
 use super::auth::{challenges_of, AuthCache, Credentials};
 use super::error::{from_response, Op, RegistryError};
 use super::image_config::{ImageConfig, MAX_CONFIG_SIZE};
-use super::manifest::{self, essence, media_type, Descriptor, ImageManifest, Manifest, ManifestError, ManifestKind, MAX_MANIFEST_SIZE};
+use super::manifest::{self, essence, media_type, Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError, ManifestKind, MAX_MANIFEST_SIZE};
 use super::platform::{choose, Platform};
 
 /// The header registries put a manifest's digest in.
@@ -132,7 +132,8 @@ impl Repository {
         self.endpoint.v2(&format!("{}/{rest}", self.path))
     }
 
-    fn familiar_name(&self) -> String {
+    /// The repository as users see it (`redis`, `localhost:5000/x`).
+    pub fn familiar_name(&self) -> String {
         let reference = Reference::from_parts(&self.domain, &self.path);
         reference.map(|r| r.familiar_repository()).unwrap_or_else(|_| self.path.clone())
     }
@@ -453,13 +454,7 @@ impl RegistryClient {
         let mut seen = vec![top_digest.clone()];
         // One level of nesting (index → index → manifest) is allowed.
         for depth in 0..2 {
-            let child = choose(&index, platform)?.clone();
-            if seen.contains(&child.digest) {
-                return Err(RegistryError::InvalidManifest(format!("index refers to itself ({})", child.digest)));
-            }
-            if child.size > MAX_MANIFEST_SIZE {
-                return Err(RegistryError::TooLarge { what: format!("manifest {}", child.digest), limit: MAX_MANIFEST_SIZE });
-            }
+            let child = pick_child(&index, platform, &seen)?;
             let fetched = self.get_manifest(repo, &child.digest.to_string(), op).await?;
             verify(&child, &fetched.bytes)?;
             match parse_fetched(&fetched, Some(&child), familiar)? {
@@ -756,6 +751,21 @@ impl RegistryClient {
             .map_err(|e| RegistryError::Registry { status: 200, message: format!("malformed search response: {e}") })?;
         Ok(answer.results)
     }
+}
+
+/// The entry of `index` to descend into for `platform`. `seen` holds the
+/// digests of the indexes above: an entry naming one of them is a cycle.
+/// (With every manifest verified against its sha256 a real cycle cannot be
+/// built; this guards the descent regardless.)
+pub(crate) fn pick_child(index: &ImageIndex, platform: &Platform, seen: &[Digest]) -> Result<Descriptor, RegistryError> {
+    let child = choose(index, platform)?.clone();
+    if seen.contains(&child.digest) {
+        return Err(RegistryError::InvalidManifest(format!("index refers to itself ({})", child.digest)));
+    }
+    if child.size > MAX_MANIFEST_SIZE {
+        return Err(RegistryError::TooLarge { what: format!("manifest {}", child.digest), limit: MAX_MANIFEST_SIZE });
+    }
+    Ok(child)
 }
 
 struct Fetched {

@@ -33,8 +33,13 @@ impl ImageConfig {
         if raw.len() as u64 > MAX_CONFIG_SIZE {
             return Err(InvalidConfig(format!("larger than {MAX_CONFIG_SIZE} bytes")));
         }
-        let parsed: ConfigFile = serde_json::from_slice(&raw).map_err(|e| InvalidConfig(e.to_string()))?;
+        let super::manifest::ObjectOnly(parsed): super::manifest::ObjectOnly<ConfigFile> = serde_json::from_slice(&raw).map_err(|e| InvalidConfig(e.to_string()))?;
         Ok(ImageConfig { raw, parsed })
+    }
+
+    /// [`ImageConfig::from_bytes`] on a copy of `raw`.
+    pub fn from_slice(raw: &[u8]) -> Result<Self, InvalidConfig> {
+        Self::from_bytes(Bytes::copy_from_slice(raw))
     }
 
     /// Serializes `parsed` to new bytes (for images built or committed

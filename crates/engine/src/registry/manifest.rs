@@ -208,6 +208,9 @@ pub struct ImageIndex {
 }
 
 /// A parsed manifest document.
+// Few manifests are alive at once; boxing the image variant would only
+// make every match on it noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Manifest {
     Image(ImageManifest),
@@ -232,11 +235,11 @@ impl Manifest {
 struct RawDoc {
     schema_version: Option<i64>,
     media_type: Option<String>,
-    config: Option<RawDescriptor>,
-    layers: Option<Vec<RawDescriptor>>,
-    manifests: Option<Vec<RawDescriptor>>,
+    config: Option<ObjectOnly<RawDescriptor>>,
+    layers: Option<Vec<ObjectOnly<RawDescriptor>>>,
+    manifests: Option<Vec<ObjectOnly<RawDescriptor>>>,
     annotations: Option<BTreeMap<String, String>>,
-    subject: Option<RawDescriptor>,
+    subject: Option<ObjectOnly<RawDescriptor>>,
     /// Only schema 1 has it.
     fs_layers: Option<serde::de::IgnoredAny>,
 }
@@ -249,7 +252,29 @@ struct RawDescriptor {
     size: Option<i64>,
     urls: Option<Vec<String>>,
     annotations: Option<BTreeMap<String, String>>,
-    platform: Option<Platform>,
+    platform: Option<ObjectOnly<Platform>>,
+}
+
+/// A struct that may only be read from a JSON object. serde's derived
+/// impls also accept an array, filling fields by position; Go's decoder
+/// (and so every other registry client) does not, and a document that
+/// parses differently in different clients is how content confusion starts.
+pub(crate) struct ObjectOnly<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData)).map(ObjectOnly)
+    }
 }
 
 /// The media type without parameters, lowercased: `Application/JSON;
@@ -274,7 +299,8 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, Manif
     if header.as_deref().is_some_and(is_schema1_type) {
         return Err(ManifestError::Schema1);
     }
-    let doc: RawDoc = serde_json::from_slice(bytes).map_err(|e| ManifestError::Invalid(format!("malformed manifest JSON: {e}")))?;
+    let ObjectOnly(doc): ObjectOnly<RawDoc> =
+        serde_json::from_slice(bytes).map_err(|e| ManifestError::Invalid(format!("malformed manifest JSON: {e}")))?;
     if doc.schema_version == Some(1) || doc.fs_layers.is_some() {
         return Err(ManifestError::Schema1);
     }
@@ -300,7 +326,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, Manif
         let manifests = raw
             .into_iter()
             .enumerate()
-            .map(|(i, d)| descriptor(d, &format!("manifests[{i}]")))
+            .map(|(i, d)| descriptor(d.0, &format!("manifests[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Manifest::Index(ImageIndex { kind, manifests, annotations }))
     } else {
@@ -308,7 +334,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, Manif
             return Err(ManifestError::Ambiguous);
         }
         let config = descriptor(
-            doc.config.ok_or_else(|| ManifestError::Invalid("image manifest has no `config`".into()))?,
+            doc.config.ok_or_else(|| ManifestError::Invalid("image manifest has no `config`".into()))?.0,
             "config",
         )?;
         if config.media_type != media_type::DOCKER_CONFIG && config.media_type != media_type::OCI_CONFIG {
@@ -326,14 +352,14 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, Manif
             .enumerate()
             .map(|(i, d)| {
                 let what = format!("layers[{i}]");
-                let d = descriptor(d, &what)?;
+                let d = descriptor(d.0, &what)?;
                 if !is_layer_media_type(&d.media_type) {
                     return Err(ManifestError::Invalid(format!("{what}: unsupported layer media type {:?}", d.media_type)));
                 }
                 Ok(d)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let subject = doc.subject.map(|s| descriptor(s, "subject")).transpose()?;
+        let subject = doc.subject.map(|s| descriptor(s.0, "subject")).transpose()?;
         Ok(Manifest::Image(ImageManifest { kind, config, layers, annotations, subject }))
     }
 }
@@ -389,7 +415,7 @@ fn descriptor(raw: RawDescriptor, what: &str) -> Result<Descriptor, ManifestErro
         size,
         urls: raw.urls.unwrap_or_default(),
         annotations: raw.annotations.unwrap_or_default(),
-        platform: raw.platform,
+        platform: raw.platform.map(|p| p.0),
     })
 }
 
@@ -408,7 +434,7 @@ pub(crate) mod tests {
             "schemaVersion": 2,
             "mediaType": media_type::DOCKER_MANIFEST,
             "config": {"mediaType": media_type::DOCKER_CONFIG, "digest": d(1), "size": 10},
-            "layers": (0..layers).map(|i| json!({"mediaType": media_type::DOCKER_LAYER_GZIP, "digest": d(2 + i as u8), "size": 100})).collect::<Vec<_>>(),
+            "layers": (0..layers).map(|i| json!({"mediaType": media_type::DOCKER_LAYER_GZIP, "digest": Digest::of(&i.to_le_bytes()).to_string(), "size": 100})).collect::<Vec<_>>(),
         })
     }
 
@@ -537,6 +563,11 @@ pub(crate) mod tests {
         let dup = br#"{"schemaVersion":2,"schemaVersion":2,"manifests":[]}"#;
         assert!(parse(dup, None).is_err());
         assert!(parse(br#"[]"#, None).is_err());
+        // Positional arrays would fill the struct's fields in order.
+        assert!(parse(br#"[2, "application/vnd.oci.image.index.v1+json", null, null, []]"#, None).is_err());
+        let mut v = image_json(1);
+        v["layers"][0] = json!([media_type::DOCKER_LAYER_GZIP, d(3), 1]);
+        assert!(parse(&bytes(&v), None).is_err());
         assert!(parse(br#"{"schemaVersion":"2","manifests":[]}"#, None).is_err());
         assert!(parse(br#"{"schemaVersion":3,"manifests":[]}"#, None).is_err());
         assert!(parse(br#"{"schemaVersion":2}"#, None).is_err());

@@ -106,6 +106,13 @@ impl Platform {
         }
     }
 
+    /// Whether an image built for `candidate` runs where `self` is wanted
+    /// (e.g. to check a single-platform image's config against the
+    /// platform a pull asked for).
+    pub fn matches(&self, candidate: &Platform) -> bool {
+        self.rank(candidate).is_some()
+    }
+
     /// How well an index entry for `candidate` suits a host that wants
     /// `self`: `None` if it cannot run, else a rank where lower is better.
     fn rank(&self, candidate: &Platform) -> Option<u32> {
@@ -180,6 +187,7 @@ mod tests {
         assert_eq!(want.rank(&Platform::new("linux", "aarch64", None)), Some(0));
         let want = Platform::new("linux", "arm64", Some("v8"));
         assert_eq!(want.rank(&Platform::new("linux", "arm64", None)), Some(0));
+        assert!(want.matches(&Platform::new("linux", "aarch64", Some("8"))));
     }
 
     #[test]
