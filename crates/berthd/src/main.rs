@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use berth_engine::config::{validate_mirror, DaemonJson, EngineConfig};
 use berth_engine::engine::Engine;
-use berth_engine::server::{self, Host};
+use berth_engine::server::{self, Host, TlsFiles};
 use clap::Parser;
 
 const DEFAULT_CONFIG: &str = "/etc/berth/daemon.json";
@@ -45,11 +45,27 @@ struct Flags {
     /// Keep containers running when the daemon stops.
     #[arg(long)]
     live_restore: bool,
+    /// Serve TCP addresses over TLS.
+    #[arg(long)]
+    tls: bool,
+    /// Serve TLS and require client certificates signed by --tlscacert.
+    #[arg(long)]
+    tlsverify: bool,
+    /// CA that signs accepted client certificates.
+    #[arg(long)]
+    tlscacert: Option<PathBuf>,
+    /// Server certificate (PEM).
+    #[arg(long)]
+    tlscert: Option<PathBuf>,
+    /// Server key (PEM).
+    #[arg(long)]
+    tlskey: Option<PathBuf>,
 }
 
 struct Settings {
     engine: EngineConfig,
     hosts: Vec<Host>,
+    tls: Option<TlsFiles>,
     pidfile: Option<PathBuf>,
     log_level: String,
 }
@@ -97,7 +113,16 @@ fn settings(flags: Flags) -> Result<Settings> {
         live_restore: flags.live_restore || file.live_restore == Some(true),
         hosts: hosts.iter().map(ToString::to_string).collect(),
     };
-    Ok(Settings { engine, hosts, pidfile: flags.pidfile.or(file.pidfile), log_level })
+    let verify = flags.tlsverify || file.tlsverify == Some(true);
+    let tls = if verify || flags.tls || file.tls == Some(true) {
+        let cert = flags.tlscert.clone().or(file.tlscert.clone());
+        let key = flags.tlskey.clone().or(file.tlskey.clone());
+        let (Some(cert), Some(key)) = (cert, key) else { bail!("TLS needs --tlscert and --tlskey") };
+        Some(TlsFiles { ca: flags.tlscacert.clone().or(file.tlscacert.clone()), cert, key, verify })
+    } else {
+        None
+    };
+    Ok(Settings { engine, hosts, tls, pidfile: flags.pidfile.or(file.pidfile), log_level })
 }
 
 fn init_logging(level: &str) -> Result<()> {
@@ -164,7 +189,7 @@ fn run() -> Result<()> {
             write_pidfile(p)?;
         }
         tracing::info!(data_root = %settings.engine.data_root.display(), hosts = ?settings.engine.hosts, "berthd ready");
-        let served = server::serve(engine, &settings.hosts, shutdown_signal()).await;
+        let served = server::serve(engine, &settings.hosts, settings.tls.as_ref(), shutdown_signal()).await;
         if let Some(p) = &settings.pidfile {
             let _ = std::fs::remove_file(p);
         }

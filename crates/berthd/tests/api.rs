@@ -139,3 +139,48 @@ fn tcp_is_served_on_loopback_only() {
     assert_eq!(body, b"OK");
     drop(d);
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made
+/// with the openssl CLI.
+fn make_certs(dir: &std::path::Path) {
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh").arg("-ec").arg(script).current_dir(dir).output().expect("sh");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=berth-test-ca 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -keyout server-key.pem -out server.csr -subj /CN=127.0.0.1 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out server.pem -days 2 -extfile server.ext 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -keyout key.pem -out client.csr -subj /CN=client 2>/dev/null
+        printf 'extendedKeyUsage=clientAuth\n' > client.ext
+        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out cert.pem -days 2 -extfile client.ext 2>/dev/null
+        cp ca.pem ca-client.pem");
+}
+
+#[test]
+fn tcp_with_mutual_tls_accepts_only_clients_with_a_signed_certificate() {
+    require!(Need::Root);
+    let certs = tempfile::tempdir().expect("tempdir");
+    make_certs(certs.path());
+    let p = |f: &str| certs.path().join(f).to_str().expect("utf8").to_owned();
+    let port = 40000 + (std::process::id() % 20000);
+    let addr = format!("tcp://127.0.0.1:{port}");
+    let d = Berthd::start_with(&["--tlsverify", "--tlscacert", &p("ca.pem"), "--tlscert", &p("server.pem"), "--tlskey", &p("server-key.pem"), "-H", &addr]);
+    // An empty config dir: the CLI would otherwise find cert.pem there.
+    let config = tempfile::tempdir().expect("tempdir");
+    let docker = |args: &[&str]| {
+        std::process::Command::new(common::DOCKER).env("DOCKER_CONFIG", config.path()).env_remove("DOCKER_CERT_PATH").args(args).output().expect("docker")
+    };
+    let ca = p("ca.pem");
+    let (cert, key) = (p("cert.pem"), p("key.pem"));
+    let ok = docker(&["--tlsverify", "--tlscacert", &ca, "--tlscert", &cert, "--tlskey", &key, "-H", &addr, "version", "--format", "{{.Server.APIVersion}}"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "1.47");
+    // No client certificate: the handshake is refused.
+    let refused = docker(&["--tlsverify", "--tlscacert", &ca, "-H", &addr, "version"]);
+    assert!(!refused.status.success());
+    // Plain HTTP on the TLS port gets nothing useful either.
+    let plain = docker(&["-H", &addr, "version", "--format", "{{.Server.APIVersion}}"]);
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("1.47"));
+    drop(d);
+}

@@ -1,8 +1,9 @@
 //! Listening: the `-H` addresses dockerd accepts, served with the API.
 //!
 //! A unix socket is created owner/group-only (0660, group `docker` when it
-//! exists); TCP is refused unless it is a loopback address, since the API is
-//! root-equivalent.
+//! exists). TCP is refused unless it is a loopback address or clients must
+//! present a certificate signed by the configured CA (`--tlsverify`), since
+//! the API is root-equivalent.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -23,10 +24,12 @@ pub enum Host {
 pub enum ServeError {
     #[error("invalid host {0:?}: expected unix:///path or tcp://addr:port")]
     InvalidHost(String),
-    #[error("refusing to listen on {0} without TLS: the API gives root on this machine; use a loopback address")]
+    #[error("refusing to listen on {0} without TLS: the API gives root on this machine; use a loopback address or --tlsverify")]
     InsecureTcp(String),
     #[error("another process is already serving on {0}")]
     SocketInUse(String),
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
 }
@@ -64,9 +67,85 @@ impl std::fmt::Display for Host {
     }
 }
 
+/// `--tls*` settings, as dockerd's flags.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Require and verify client certificates against `ca`.
+    pub verify: bool,
+}
+
+fn tls_acceptor(t: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let fail = |what: &str, p: &Path, e: &dyn std::fmt::Display| ServeError::Tls(format!("{what} {}: {e}", p.display()));
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
+        .map_err(|e| fail("read certificate", &t.cert, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail("parse certificate", &t.cert, &e))?;
+    let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| fail("read key", &t.key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let builder = if t.verify {
+        let ca = t.ca.as_ref().ok_or_else(|| ServeError::Tls("--tlsverify needs --tlscacert".into()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).map_err(|e| fail("read CA", ca, &e))? {
+            roots.add(c.map_err(|e| fail("parse CA", ca, &e))?).map_err(|e| fail("use CA", ca, &e))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder.with_single_cert(certs, key).map_err(|e| ServeError::Tls(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A TCP listener whose connections are TLS, for axum. A failed handshake
+/// drops that connection only.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.tcp.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(std::time::Duration::from_secs(10), self.acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => tracing::info!(peer = %addr, error = %e, "TLS handshake refused"),
+                Err(_) => tracing::info!(peer = %addr, "TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
 enum Bound {
     Unix(tokio::net::UnixListener),
     Tcp(tokio::net::TcpListener),
+    Tls(TlsListener),
 }
 
 /// Binds every host first (so a bad one fails start-up before anything is
@@ -74,11 +153,14 @@ enum Bound {
 pub async fn serve(
     engine: Arc<Engine>,
     hosts: &[Host],
+    tls: Option<&TlsFiles>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let acceptor = tls.map(tls_acceptor).transpose()?;
+    let verified = tls.is_some_and(|t| t.verify);
     let mut bound = Vec::new();
     for h in hosts {
-        bound.push(bind(h).await?);
+        bound.push(bind(h, acceptor.as_ref(), verified).await?);
     }
     let app = crate::api::service(engine);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -97,6 +179,7 @@ pub async fn serve(
             match b {
                 Bound::Unix(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
                 Bound::Tcp(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
+                Bound::Tls(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
             }
         }));
     }
@@ -106,14 +189,18 @@ pub async fn serve(
     Ok(())
 }
 
-async fn bind(h: &Host) -> Result<Bound, ServeError> {
+async fn bind(h: &Host, tls: Option<&tokio_rustls::TlsAcceptor>, verified: bool) -> Result<Bound, ServeError> {
     let listen_err = |source| ServeError::Listen { addr: h.to_string(), source };
     match h {
         Host::Tcp(addr) => {
-            if !addr.ip().is_loopback() {
+            if !addr.ip().is_loopback() && !verified {
                 return Err(ServeError::InsecureTcp(h.to_string()));
             }
-            Ok(Bound::Tcp(tokio::net::TcpListener::bind(addr).await.map_err(listen_err)?))
+            let tcp = tokio::net::TcpListener::bind(addr).await.map_err(listen_err)?;
+            Ok(match tls {
+                Some(acceptor) => Bound::Tls(TlsListener { tcp, acceptor: acceptor.clone() }),
+                None => Bound::Tcp(tcp),
+            })
         }
         Host::Unix(path) => {
             if let Some(dir) = path.parent() {

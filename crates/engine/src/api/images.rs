@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::filters::Filters;
 use crate::images::pull::{JsonMessage, Progress};
 use crate::reference::Reference;
+use crate::registry::docker_config::DockerConfig;
 use crate::registry::{Credentials, Platform};
 
 pub(super) async fn list(State(engine): AppState, params: Params) -> Result<Response> {
@@ -32,13 +33,23 @@ pub(super) async fn list(State(engine): AppState, params: Params) -> Result<Resp
     Ok(ok_json(&list))
 }
 
-fn credentials(headers: &HeaderMap) -> Credentials {
-    headers
-        .get("x-registry-auth")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .and_then(|v| Credentials::from_x_registry_auth(v).ok())
-        .unwrap_or(Credentials::Anonymous)
+/// The client's credentials (`X-Registry-Auth`), else those the engine's
+/// own `~/.docker/config.json` (or its credential helper) has for `domain`.
+async fn credentials(headers: &HeaderMap, domain: &str) -> Result<Credentials> {
+    let header = headers.get("x-registry-auth").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+    if let Some(h) = header {
+        let creds = Credentials::from_x_registry_auth(h).map_err(|e| Error::invalid(e.to_string()))?;
+        if creds != Credentials::Anonymous {
+            return Ok(creds);
+        }
+    }
+    match DockerConfig::from_env().lookup(domain).await {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            tracing::warn!(registry = domain, error = %e, "ignoring unreadable docker credentials");
+            Ok(Credentials::Anonymous)
+        }
+    }
 }
 
 fn platform(params: &Params) -> Result<Platform> {
@@ -107,7 +118,7 @@ pub(super) async fn create(State(engine): AppState, params: Params, headers: Hea
         };
         let reference = Reference::parse(&name).map_err(|e| Error::invalid(e.to_string()))?;
         let platform = platform(&params)?;
-        let creds = credentials(&headers);
+        let creds = credentials(&headers, reference.domain()).await?;
         let images = engine.images.clone();
         return Ok(progress_stream(move |p| async move {
             images.pull(&reference, &platform, &creds, &p).await.map(|_| ())
@@ -165,7 +176,12 @@ pub(super) async fn search(State(engine): AppState, params: Params, headers: Hea
         return Err(Error::invalid(format!("limit {limit} is outside the range of [1, 100]")));
     }
     let filters = Filters::parse(params.get("filters"), &["is-automated", "is-official", "stars"])?;
-    let results = engine.images.search(term, limit, &filters, &credentials(&headers)).await?;
+    let domain = match term.split_once('/') {
+        Some((d, _)) if d.contains('.') || d.contains(':') || d == "localhost" => d,
+        _ => "docker.io",
+    };
+    let creds = credentials(&headers, domain).await?;
+    let results = engine.images.search(term, limit, &filters, &creds).await?;
     Ok(ok_json(&results))
 }
 
@@ -252,11 +268,10 @@ pub(super) async fn post_dispatch(State(engine): AppState, Path(rest): Path<Stri
     }
     if let Some(name) = rest.strip_suffix("/push") {
         let tag = params.get("tag").filter(|t| !t.is_empty()).map(str::to_owned);
-        let creds = credentials(&headers);
         let name = name.to_owned();
         let images = engine.images.clone();
-        // A missing image is a plain 404 before any stream starts.
         let r = Reference::parse(&name).map_err(|e| Error::invalid(e.to_string()))?;
+        let creds = credentials(&headers, r.domain()).await?;
         return Ok(progress_stream(move |p| async move { images.push(&r, tag.as_deref(), &creds, &p).await }).await);
     }
     Err(Error::not_found("page not found"))

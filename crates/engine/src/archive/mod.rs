@@ -147,34 +147,41 @@ impl fmt::Display for Rejection {
 /// failed; paths are as the tar spells them (lossily decoded for display).
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
+    /// `dest` could not be opened as a directory.
     #[error("opening destination {path}")]
     OpenDestination {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+    /// The stream is not a readable tar (corrupt, truncated, bad compression).
     #[error("reading layer tar")]
     ReadLayer(#[source] io::Error),
+    /// An entry was refused as unsafe or malformed; see [`Rejection`].
     #[error("validating entry {path:?}: {reason}")]
     ValidateEntry { path: String, reason: Rejection },
+    /// A parent directory of an entry could not be opened or created.
     #[error("resolving parent directory of {path:?}")]
     ResolveParent {
         path: String,
         #[source]
         source: io::Error,
     },
+    /// What an entry replaces could not be removed.
     #[error("removing existing {path:?}")]
     RemoveExisting {
         path: String,
         #[source]
         source: io::Error,
     },
+    /// The entry itself could not be created or written.
     #[error("creating {path:?}")]
     CreateEntry {
         path: String,
         #[source]
         source: io::Error,
     },
+    /// A hardlink could not be made (its target missing, a directory...).
     #[error("hard-linking {path:?} to {target:?}")]
     LinkEntry {
         path: String,
@@ -182,18 +189,22 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
+    /// The overlay whiteout device for a `.wh.` entry could not be made.
     #[error("creating whiteout for {path:?}")]
     CreateWhiteout {
         path: String,
         #[source]
         source: io::Error,
     },
+    /// `trusted.overlay.opaque` could not be set (needs root and a file
+    /// system with trusted xattrs).
     #[error("marking {path:?} opaque")]
     MarkOpaque {
         path: String,
         #[source]
         source: io::Error,
     },
+    /// Owner, mode, an xattr or mtime could not be set.
     #[error("setting {what} of {path:?}")]
     SetMetadata {
         path: String,
@@ -201,12 +212,14 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
+    /// Packing: an entry of the tree could not be read.
     #[error("reading {path}")]
     ReadTree {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+    /// Packing: the output refused a write.
     #[error("writing tar")]
     WriteTar(#[source] io::Error),
 }

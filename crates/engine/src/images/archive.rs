@@ -380,7 +380,8 @@ impl Images {
                 return Err(Error::new(Kind::NotImplemented, "empty export - not implemented"));
             };
             let top = top.diff_id.hex().to_owned();
-            let config = self.content.read(id).map_err(|e| Error::internal(format!("read config of image {id}: {e}")))?;
+            let config =
+                self.content.read(id).map_err(|e| Error::internal(format!("read config of image {id}: {e}")))?;
             let mtime = u64::try_from(img.created_unix()).unwrap_or(0);
             let mut descriptors = Vec::new();
             let mut paths = Vec::new();
@@ -445,9 +446,11 @@ impl Images {
         }
         if let Some(b) = l.blob.as_ref().filter(|b| self.content.exists(&b.digest)) {
             let file = self.content.open_blob(&b.digest).map_err(|e| Error::internal(e.to_string()))?;
-            let reader = layer_tar::decompressed(BufReader::new(file)).map_err(|e| Error::io(format!("read blob {}", b.digest), e))?;
+            let reader = layer_tar::decompressed(BufReader::new(file))
+                .map_err(|e| Error::io(format!("read blob {}", b.digest), e))?;
             let mut hashing = HashingReader::new(reader);
-            io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::io(format!("decompress blob {}", b.digest), e))?;
+            io::copy(&mut hashing, &mut io::sink())
+                .map_err(|e| Error::io(format!("decompress blob {}", b.digest), e))?;
             let (actual, size) = hashing.finish();
             if actual != *diff_id {
                 return Err(Error::internal(format!(
@@ -459,8 +462,12 @@ impl Images {
         }
         if self.snapshots.exists(&l.chain_id) {
             let mut hashing = HashingWriter::new(io::sink());
-            layer_tar::write_tar_of_dir(&self.snapshots.fs_dir(&l.chain_id), &mut hashing, &PackOptions { overlay_whiteouts: true })
-                .map_err(|e| Error::internal(format!("pack layer {diff_id}: {}", error_chain(&e))))?;
+            layer_tar::write_tar_of_dir(
+                &self.snapshots.fs_dir(&l.chain_id),
+                &mut hashing,
+                &PackOptions { overlay_whiteouts: true },
+            )
+            .map_err(|e| Error::internal(format!("pack layer {diff_id}: {}", error_chain(&e))))?;
             let (_, actual, size) = hashing.finish();
             if actual != *diff_id {
                 return Err(Error::internal(format!(
@@ -485,11 +492,8 @@ impl Images {
                 SaveBlob::Layer(l) => self.write_layer(&mut tar, &name, l)?,
             }
         }
-        let index = OciIndex {
-            schema_version: 2,
-            media_type: media_type::OCI_INDEX.to_owned(),
-            manifests: plan.index.clone(),
-        };
+        let index =
+            OciIndex { schema_version: 2, media_type: media_type::OCI_INDEX.to_owned(), manifests: plan.index.clone() };
         tar.file("index.json", &to_json(&index)?, 0).map_err(write_err)?;
         // json.Encoder ends documents with a newline; dockerd's files do.
         let mut manifest = to_json(&plan.manifest)?;
@@ -512,7 +516,8 @@ impl Images {
             LayerSource::Blob { digest, compressed } => {
                 let file = self.content.open_blob(digest).map_err(|e| Error::internal(e.to_string()))?;
                 let mut reader: Box<dyn Read + Send> = if *compressed {
-                    layer_tar::decompressed(BufReader::new(file)).map_err(|e| Error::io(format!("read blob {digest}"), e))?
+                    layer_tar::decompressed(BufReader::new(file))
+                        .map_err(|e| Error::io(format!("read blob {digest}"), e))?
                 } else {
                     Box::new(file)
                 };
@@ -523,8 +528,12 @@ impl Images {
                 }
             }
             LayerSource::Snapshot(chain) => {
-                layer_tar::write_tar_of_dir(&self.snapshots.fs_dir(chain), &mut hashing, &PackOptions { overlay_whiteouts: true })
-                    .map_err(|e| Error::internal(format!("pack layer {}: {}", l.diff_id, error_chain(&e))))?;
+                layer_tar::write_tar_of_dir(
+                    &self.snapshots.fs_dir(chain),
+                    &mut hashing,
+                    &PackOptions { overlay_whiteouts: true },
+                )
+                .map_err(|e| Error::internal(format!("pack layer {}: {}", l.diff_id, error_chain(&e))))?;
             }
         }
         let (_, actual, written) = hashing.finish();
@@ -624,7 +633,8 @@ impl Bundle {
                     None => continue,
                 },
                 tar::EntryType::Link => {
-                    let target = entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
+                    let target =
+                        entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
                     match clean_name(&target) {
                         Ok(Some(t)) => Node::Hardlink(t),
                         _ => {
@@ -749,7 +759,10 @@ fn parse_config(bytes: &[u8]) -> Result<(serde_json::Value, Vec<Digest>)> {
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| Error::invalid(format!("invalid image JSON: {e}")))?,
     };
     if diff_ids.len() > crate::registry::manifest::MAX_LAYERS {
-        return Err(Error::invalid(format!("invalid image JSON: more than {} layers", crate::registry::manifest::MAX_LAYERS)));
+        return Err(Error::invalid(format!(
+            "invalid image JSON: more than {} layers",
+            crate::registry::manifest::MAX_LAYERS
+        )));
     }
     let os = config.get("os").and_then(|v| v.as_str()).unwrap_or("");
     if !os.is_empty() && os != "linux" {
@@ -923,7 +936,11 @@ impl Images {
         let chains = chain_ids(diff_ids);
         let mut out = Vec::with_capacity(diff_ids.len());
         for (i, (d, c)) in diff_ids.iter().zip(chains).enumerate() {
-            let size = self.snapshots.meta(&c).map(|m| m.size).ok_or_else(|| Error::internal(format!("snapshot {c} vanished")))?;
+            let size = self
+                .snapshots
+                .meta(&c)
+                .map(|m| m.size)
+                .ok_or_else(|| Error::internal(format!("snapshot {c} vanished")))?;
             // Keep the blob an earlier pull recorded (push sends it as is).
             let blob = existing
                 .and_then(|e| e.record.layers.get(i))
@@ -1014,7 +1031,8 @@ fn open_bundle(mut file: File) -> Result<Bundle> {
         return Bundle::index(file);
     }
     let mut out = tempfile::tempfile().map_err(|e| Error::io("create temporary file", e))?;
-    let mut reader = layer_tar::decompressed(BufReader::new(file)).map_err(|e| Error::invalid(format!("invalid archive: {e}")))?;
+    let mut reader =
+        layer_tar::decompressed(BufReader::new(file)).map_err(|e| Error::invalid(format!("invalid archive: {e}")))?;
     match copy_split(&mut reader, &mut out) {
         Ok(_) => {}
         Err(CopyError::Read(e)) => return Err(Error::invalid(format!("invalid archive: {e}"))),
@@ -1070,31 +1088,36 @@ fn read_docker_manifest(bundle: &Bundle) -> Result<Vec<LoadImage>> {
 /// the entry for this host's platform is taken).
 fn read_oci_index(bundle: &Bundle) -> Result<Vec<LoadImage>> {
     let data = bundle.read_json("index.json")?;
-    let index: OciIndex =
-        serde_json::from_slice(&data).map_err(|e| Error::invalid(format!("invalid archive: failed to decode index.json: {e}")))?;
+    let index: OciIndex = serde_json::from_slice(&data)
+        .map_err(|e| Error::invalid(format!("invalid archive: failed to decode index.json: {e}")))?;
     if index.manifests.len() > MAX_IMAGES {
         return Err(Error::invalid(format!("invalid index.json: more than {MAX_IMAGES} manifests")));
     }
     let mut images: Vec<LoadImage> = Vec::new();
     for desc in &index.manifests {
-        let manifest_desc = if matches!(desc.media_type.as_str(), media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST) {
-            let nested: OciIndex = serde_json::from_slice(&bundle.read_blob(&desc.digest)?)
-                .map_err(|e| Error::invalid(format!("invalid archive: index {}: {e}", desc.digest)))?;
-            let wanted = |d: &&OciDescriptor| {
-                matches!(d.media_type.as_str(), media_type::OCI_MANIFEST | media_type::DOCKER_MANIFEST)
-                    && d.platform.as_ref().is_none_or(|p| p.os == "linux" && p.architecture == host_arch())
-            };
-            match nested.manifests.iter().find(wanted) {
-                Some(d) => d.clone(),
-                None => {
-                    return Err(Error::invalid(format!("invalid archive: index {} has no image for linux/{}", desc.digest, host_arch())))
+        let manifest_desc =
+            if matches!(desc.media_type.as_str(), media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST) {
+                let nested: OciIndex = serde_json::from_slice(&bundle.read_blob(&desc.digest)?)
+                    .map_err(|e| Error::invalid(format!("invalid archive: index {}: {e}", desc.digest)))?;
+                let wanted = |d: &&OciDescriptor| {
+                    matches!(d.media_type.as_str(), media_type::OCI_MANIFEST | media_type::DOCKER_MANIFEST)
+                        && d.platform.as_ref().is_none_or(|p| p.os == "linux" && p.architecture == host_arch())
+                };
+                match nested.manifests.iter().find(wanted) {
+                    Some(d) => d.clone(),
+                    None => {
+                        return Err(Error::invalid(format!(
+                            "invalid archive: index {} has no image for linux/{}",
+                            desc.digest,
+                            host_arch()
+                        )))
+                    }
                 }
-            }
-        } else if matches!(desc.media_type.as_str(), media_type::OCI_MANIFEST | media_type::DOCKER_MANIFEST | "") {
-            desc.clone()
-        } else {
-            continue;
-        };
+            } else if matches!(desc.media_type.as_str(), media_type::OCI_MANIFEST | media_type::DOCKER_MANIFEST | "") {
+                desc.clone()
+            } else {
+                continue;
+            };
         let manifest: OciManifest = serde_json::from_slice(&bundle.read_blob(&manifest_desc.digest)?)
             .map_err(|e| Error::invalid(format!("invalid archive: manifest {}: {e}", manifest_desc.digest)))?;
         if !matches!(manifest.config.media_type.as_str(), media_type::OCI_CONFIG | media_type::DOCKER_CONFIG | "") {
@@ -1109,7 +1132,8 @@ fn read_oci_index(bundle: &Bundle) -> Result<Vec<LoadImage>> {
                 diff_ids.len()
             )));
         }
-        let layers = manifest.layers.iter().map(|l| bundle.resolve(&blob_path(&l.digest))).collect::<Result<Vec<_>>>()?;
+        let layers =
+            manifest.layers.iter().map(|l| bundle.resolve(&blob_path(&l.digest))).collect::<Result<Vec<_>>>()?;
         let name = desc.annotations.get(ANNOTATION_IMAGE_NAME).or_else(|| {
             // A ref name alone (`latest`) names no repository.
             desc.annotations.get(ANNOTATION_REF_NAME).filter(|n| n.contains(':'))
@@ -1188,7 +1212,13 @@ struct ImportedRootFs<'a> {
 impl Images {
     /// `docker import` (`POST /images/create?fromSrc=-`) for this host's
     /// platform; see [`Images::import_with_platform`].
-    pub fn import(&self, archive: File, reference: Option<Reference>, changes: &[String], message: &str) -> Result<Digest> {
+    pub fn import(
+        &self,
+        archive: File,
+        reference: Option<Reference>,
+        changes: &[String],
+        message: &str,
+    ) -> Result<Digest> {
         self.import_with_platform(archive, reference, changes, message, None)
     }
 
@@ -1227,7 +1257,8 @@ impl Images {
         let message = if message.is_empty() { "Imported from -" } else { message };
 
         let input = archive.try_clone().map_err(|e| Error::io("open archive", e))?;
-        let reader = layer_tar::decompressed(BufReader::new(input)).map_err(|e| Error::invalid(format!("invalid archive: {e}")))?;
+        let reader = layer_tar::decompressed(BufReader::new(input))
+            .map_err(|e| Error::invalid(format!("invalid archive: {e}")))?;
         let mut hashing = HashingReader::new(reader);
         if let Err(CopyError::Read(e) | CopyError::Write(e)) = copy_split(&mut hashing, &mut io::sink()) {
             return Err(Error::invalid(format!("invalid archive: {e}")));
@@ -1236,7 +1267,8 @@ impl Images {
         archive.seek(SeekFrom::Start(0)).map_err(|e| Error::io("read archive", e))?;
 
         let lease = self.lease([diff_id.clone()]);
-        let outcome = self.store_import(archive, &diff_id, &run_config, message, (os, arch, variant), reference.as_ref());
+        let outcome =
+            self.store_import(archive, &diff_id, &run_config, message, (os, arch, variant), reference.as_ref());
         drop(lease);
         if outcome.is_err() {
             if let Err(e) = self.gc() {
@@ -1256,8 +1288,8 @@ impl Images {
         reference: Option<&Reference>,
     ) -> Result<Digest> {
         if !self.content.exists(diff_id) {
-            let reader =
-                layer_tar::decompressed(BufReader::new(archive)).map_err(|e| Error::invalid(format!("invalid archive: {e}")))?;
+            let reader = layer_tar::decompressed(BufReader::new(archive))
+                .map_err(|e| Error::invalid(format!("invalid archive: {e}")))?;
             self.ingest_layer(reader, diff_id)?;
         }
         if !self.snapshots.exists(diff_id) {
@@ -1364,8 +1396,19 @@ pub(crate) mod changes {
     }
 
     /// Instructions a change may use (dockerd's `validCommitCommands`).
-    const ALLOWED: &[&str] =
-        &["cmd", "entrypoint", "healthcheck", "env", "expose", "label", "onbuild", "stopsignal", "user", "volume", "workdir"];
+    const ALLOWED: &[&str] = &[
+        "cmd",
+        "entrypoint",
+        "healthcheck",
+        "env",
+        "expose",
+        "label",
+        "onbuild",
+        "stopsignal",
+        "user",
+        "volume",
+        "workdir",
+    ];
 
     const NOT_STRING_ARRAY: &str = "when using JSON array syntax, arrays must be comprised of strings only";
 
@@ -1463,7 +1506,9 @@ pub(crate) mod changes {
             "env" => (name_val(rest, "ENV")?, false),
             "label" => (name_val(rest, "LABEL")?, false),
             "expose" => (split_ws(rest), false),
-            "user" | "workdir" | "stopsignal" => (if rest.is_empty() { Vec::new() } else { vec![rest.to_owned()] }, false),
+            "user" | "workdir" | "stopsignal" => {
+                (if rest.is_empty() { Vec::new() } else { vec![rest.to_owned()] }, false)
+            }
             "volume" => match json_array(rest)? {
                 Some(list) => (list, true),
                 None => (split_ws(rest), false),
@@ -1674,14 +1719,22 @@ pub(crate) mod changes {
                 match c {
                     '\'' => loop {
                         match self.next() {
-                            None => return Err("unexpected end of statement while looking for matching single-quote".to_owned()),
+                            None => {
+                                return Err(
+                                    "unexpected end of statement while looking for matching single-quote".to_owned()
+                                )
+                            }
                             Some('\'') => break,
                             Some(ch) => out.push(ch),
                         }
                     },
                     '"' => loop {
                         match self.next() {
-                            None => return Err("unexpected end of statement while looking for matching double-quote".to_owned()),
+                            None => {
+                                return Err(
+                                    "unexpected end of statement while looking for matching double-quote".to_owned()
+                                )
+                            }
                             Some('"') => break,
                             Some('$') => out.push_str(&self.dollar()?),
                             Some('\\') => match self.peek() {
@@ -2105,7 +2158,8 @@ pub(crate) mod changes {
 
         #[test]
         fn env_expands_earlier_values_and_replaces_keys() {
-            let c = apply1(&["ENV A=1 B=two", r#"ENV B="$A and ${A:-x}" C=${NOPE:-dflt}"#, "ENV LEGACY hello world"]).unwrap();
+            let c = apply1(&["ENV A=1 B=two", r#"ENV B="$A and ${A:-x}" C=${NOPE:-dflt}"#, "ENV LEGACY hello world"])
+                .unwrap();
             assert_eq!(
                 c.env,
                 Some(vec!["A=1".into(), "B=1 and 1".into(), "C=dflt".into(), "LEGACY=hello world".into()])
@@ -2138,7 +2192,9 @@ pub(crate) mod changes {
 
         #[test]
         fn healthcheck_and_onbuild_parse_like_dockerd() {
-            let c = apply1(&["HEALTHCHECK --interval=5s --retries=3 CMD curl -f http://localhost/", "ONBUILD RUN make"]).unwrap();
+            let c =
+                apply1(&["HEALTHCHECK --interval=5s --retries=3 CMD curl -f http://localhost/", "ONBUILD RUN make"])
+                    .unwrap();
             let h = c.healthcheck.unwrap();
             assert_eq!(h.test, ["CMD-SHELL", "curl -f http://localhost/"]);
             assert_eq!(h.interval, 5_000_000_000);
@@ -2267,7 +2323,8 @@ mod tests {
     }
 
     fn config_json(diff_ids: &[Digest], created: &str, cmd: &str) -> Vec<u8> {
-        let history: Vec<_> = diff_ids.iter().map(|_| serde_json::json!({"created": created, "created_by": cmd})).collect();
+        let history: Vec<_> =
+            diff_ids.iter().map(|_| serde_json::json!({"created": created, "created_by": cmd})).collect();
         serde_json::to_vec(&serde_json::json!({
             "architecture": "amd64",
             "os": "linux",
@@ -2299,7 +2356,10 @@ mod tests {
                 let parent = i.checked_sub(1).map(|p| chains[p].clone());
                 images
                     .snapshots
-                    .commit(pending, &SnapshotMeta { chain_id: chain.clone(), diff_id: diff_ids[i].clone(), parent, size })
+                    .commit(
+                        pending,
+                        &SnapshotMeta { chain_id: chain.clone(), diff_id: diff_ids[i].clone(), parent, size },
+                    )
                     .unwrap();
             }
             let size = images.snapshots.meta(chain).unwrap().size;
@@ -2388,7 +2448,10 @@ mod tests {
         assert_eq!(manifest[0]["Config"], blob_path(&base_id));
         assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["busybox:latest"]));
         assert_eq!(manifest[1]["RepoTags"], serde_json::Value::Null, "saved by ID: untagged");
-        assert_eq!(manifest[1]["Layers"], serde_json::json!([blob_path(&Digest::of(&base)), blob_path(&Digest::of(&app))]));
+        assert_eq!(
+            manifest[1]["Layers"],
+            serde_json::json!([blob_path(&Digest::of(&base)), blob_path(&Digest::of(&app))])
+        );
         let repos: serde_json::Value = serde_json::from_slice(&m["repositories"]).unwrap();
         assert_eq!(repos["busybox"]["latest"], Digest::of(&base).hex());
         let index: OciIndex = serde_json::from_slice(&m["index.json"]).unwrap();
@@ -2408,7 +2471,14 @@ mod tests {
         let b = engine();
         let (r, lines) = load(&b, &out);
         r.unwrap();
-        assert_eq!(lines, ["Loaded image: busybox:latest", format!("Loaded image ID: sha256:{}", base_id.hex()).as_str(), format!("Loaded image ID: {app_id}").as_str()]);
+        assert_eq!(
+            lines,
+            [
+                "Loaded image: busybox:latest",
+                format!("Loaded image ID: sha256:{}", base_id.hex()).as_str(),
+                format!("Loaded image ID: {app_id}").as_str()
+            ]
+        );
         let loaded = b.images.store.find("busybox:latest").unwrap().image;
         assert_eq!(loaded.id(), &base_id);
         assert!(b.images.store.find("busybox:1.36").is_err(), "only the named tag is saved");
@@ -2429,32 +2499,6 @@ mod tests {
         let mut again = Vec::new();
         b.images.save(&["busybox:latest".into(), app_id.to_string()], &mut again).unwrap();
         assert_eq!(again, out);
-    }
-
-    #[test]
-    fn zz_interop_tmp() {
-        let Ok(dir) = std::env::var("BERTH_INTEROP") else { return };
-        let dir = std::path::PathBuf::from(dir);
-        let a = engine();
-        let mut lines = Vec::new();
-        a.images.load(File::open(dir.join("ref-save.tar")).unwrap(), false, &mut |l| lines.push(l)).unwrap();
-        eprintln!("A (docker 20.10 save) lines: {lines:#?}");
-        for i in a.images.list(false, &crate::filters::Filters::default()).unwrap() { eprintln!("A image {} {:?} size {}", i.id, i.repo_tags, i.size); }
-        for name in ["busybox:latest", "berth/labels:latest", "berth/multiarch:latest"] {
-            let img = a.images.store.find(name).unwrap().image;
-            let new = format!("berthcheck/{}", name.replace("berth/", "").replace(":latest", ":saved"));
-            a.images.tag(&img.id().to_string(), &new, None).unwrap();
-        }
-        let mut f = File::create(dir.join("berth-resave.tar")).unwrap();
-        a.images.save(&["berthcheck/busybox:saved".into(), "berthcheck/labels:saved".into(), "berthcheck/multiarch:saved".into()], &mut f).unwrap();
-        for file in ["fixtures.tar", "fixtures.tar.gz"] {
-            let b = engine();
-            let mut lines = Vec::new();
-            let t = std::time::Instant::now();
-            b.images.load(File::open(dir.join(file)).unwrap(), false, &mut |l| lines.push(l)).unwrap();
-            eprintln!("B ({file}) in {:?} lines: {lines:#?}", t.elapsed());
-            for i in b.images.list(false, &crate::filters::Filters::default()).unwrap() { eprintln!("B image {} {:?} size {}", i.id, i.repo_tags, i.size); }
-        }
     }
 
     #[test]
@@ -2576,8 +2620,10 @@ mod tests {
         let id = add_image(&a, &[(layer(&[("f", b"x")]), true)], &["quay.io/org/tool:2"], "sh");
         let mut out = Vec::new();
         a.images.save(&["quay.io/org/tool:2".into()], &mut out).unwrap();
-        let kept: Vec<(String, Vec<u8>)> =
-            members(&out).into_iter().filter(|(n, _)| n != "manifest.json" && n != "repositories" && !n.ends_with('/')).collect();
+        let kept: Vec<(String, Vec<u8>)> = members(&out)
+            .into_iter()
+            .filter(|(n, _)| n != "manifest.json" && n != "repositories" && !n.ends_with('/'))
+            .collect();
         let refs: Vec<(&str, &[u8])> = kept.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
 
         let b = engine();
@@ -2616,7 +2662,8 @@ mod tests {
         // Both layers claim the same diff ID and the bad one comes first: it
         // must not slip by because the same diff ID is also found good.
         let manifest = br#"[{"Config":"config.json","RepoTags":["x:1"],"Layers":["b.tar","a.tar"]}]"#;
-        let data = archive(&[("a.tar", &good), ("b.tar", &evil), ("config.json", &config), ("manifest.json", manifest)]);
+        let data =
+            archive(&[("a.tar", &good), ("b.tar", &evil), ("config.json", &config), ("manifest.json", manifest)]);
         let e = engine();
         let (r, lines) = load(&e, &data);
         let err = r.unwrap_err();
@@ -2681,10 +2728,8 @@ mod tests {
         let rootfs = gzip(&layer(&[("bin/sh", b"#!fake\n")]));
         let file = upload(&e, &rootfs);
         let r = Reference::parse("imported:1").unwrap();
-        let id = e
-            .images
-            .import(file, Some(r), &[r#"CMD ["sh"]"#.to_owned(), "ENV A=b".to_owned()], "from a test")
-            .unwrap();
+        let id =
+            e.images.import(file, Some(r), &[r#"CMD ["sh"]"#.to_owned(), "ENV A=b".to_owned()], "from a test").unwrap();
         let img = e.images.store.find("imported:1").unwrap().image;
         assert_eq!(img.id(), &id);
         assert_eq!(Digest::of(&e.images.content.read(&id).unwrap()), id);
