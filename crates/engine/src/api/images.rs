@@ -190,21 +190,31 @@ pub(super) async fn prune(State(engine): AppState, params: Params) -> Result<Res
     Ok(ok_json(&engine.images.prune(&filters)?))
 }
 
-/// Streams a `docker save` archive produced on a blocking thread.
+/// Streams a `docker save` archive produced on a blocking thread. Every
+/// error `save` can report comes before its first byte, so waiting for the
+/// first chunk lets a failure be a plain HTTP error.
 async fn save_stream(engine: Arc<Engine>, names: Vec<String>) -> Result<Response> {
-    for n in &names {
-        engine.images.store.find(n)?;
-    }
-    let (tx, rx) = mpsc::channel::<std::result::Result<Vec<u8>, std::io::Error>>(8);
+    let (tx, mut rx) = mpsc::channel::<std::result::Result<Vec<u8>, std::io::Error>>(8);
     let images = engine.images.clone();
-    tokio::task::spawn_blocking(move || {
-        let writer = ChannelWriter(tx.clone());
-        if let Err(e) = images.save(&names, writer) {
-            tracing::error!(error = %e, "save failed");
-            let _ = tx.blocking_send(Err(std::io::Error::other(e.message)));
+    let mut done = tokio::task::spawn_blocking(move || images.save(&names, ChannelWriter(tx)));
+    let first = tokio::select! {
+        chunk = rx.recv() => chunk,
+        result = &mut done => {
+            result.map_err(|e| Error::internal(e.to_string()))??;
+            rx.recv().await
+        }
+    };
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = done.await {
+            tracing::error!(error = %e, "save failed mid-stream");
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
+    let stream = futures_util::stream::unfold((first, rx), |(first, mut rx)| async move {
+        match first {
+            Some(item) => Some((item, (None, rx))),
+            None => rx.recv().await.map(|i| (i, (None, rx))),
+        }
+    });
     let mut resp = Response::new(Body::from_stream(stream));
     resp.headers_mut().insert("content-type", HeaderValue::from_static("application/x-tar"));
     Ok(resp)
