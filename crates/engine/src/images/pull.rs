@@ -242,6 +242,7 @@ impl Images {
         let status = if existing.is_some() && already_tagged { "Image is up to date for" } else { "Downloaded newer image for" };
         progress.send(JsonMessage::status(format!("Status: {status} {}", r.familiar()), None));
         self.event("pull", &r.familiar(), Some(&r.familiar_repository()));
+        release_freed_memory();
         Ok(id)
     }
 
@@ -323,7 +324,7 @@ impl Images {
         let source = if local {
             drop(tx);
             let file = self.content.open_blob(&desc.digest).map_err(|e| fatal(e.to_string()))?;
-            Source { prefix: Some(file), rx: None, pending: Bytes::new(), ingest: None, hasher: Hasher::new() }
+            Source { prefix: Some(file), rx: None, pending: Bytes::new(), ingest: None, hasher: Hasher::new(), failure: None }
         } else {
             let ingest = self.content.ingest(&desc.digest).map_err(|e| fatal(e.to_string()))?;
             let prefix = if ingest.offset() > 0 {
@@ -361,7 +362,7 @@ impl Images {
                     }
                 }
             });
-            Source { prefix, rx: Some(rx), pending: Bytes::new(), ingest: Some(ingest), hasher: Hasher::new() }
+            Source { prefix, rx: Some(rx), pending: Bytes::new(), ingest: Some(ingest), hasher: Hasher::new(), failure: None }
         };
         let expected_size = desc.size;
         let dest2 = dest.clone();
@@ -402,6 +403,16 @@ impl Images {
     }
 }
 
+/// Hands memory freed by a pull's buffers back to the OS, so an idle engine
+/// stays small after a big pull.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only releases free heap pages; it has no
+    // preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 enum LayerError {
     Retryable(Error),
     Fatal(Error),
@@ -430,6 +441,8 @@ struct Source {
     pending: Bytes,
     ingest: Option<Ingest>,
     hasher: Hasher,
+    /// What broke the connection, if it broke.
+    failure: Option<String>,
 }
 
 impl Read for Source {
@@ -456,7 +469,10 @@ impl Read for Source {
             let Some(rx) = &self.rx else { return Ok(0) };
             match rx.recv() {
                 Ok(Ok(b)) => self.pending = b,
-                Ok(Err(e)) => return Err(io::Error::new(io::ErrorKind::ConnectionAborted, TransportFailure(e))),
+                Ok(Err(e)) => {
+                    self.failure = Some(e.clone());
+                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, TransportFailure(e)));
+                }
                 Err(_) => return Ok(0),
             }
         }
@@ -488,6 +504,32 @@ impl Read for Shared {
     }
 }
 
+/// Reads the chunks the decompressor thread sends.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(c)) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// Decompresses and unpacks one layer while hashing both the compressed
 /// blob and the uncompressed tar. Runs on a blocking thread.
 /// Returns the blob's digest and length, and the unpack outcome (the diff
@@ -507,21 +549,61 @@ fn unpack(
             UnpackError::Layer(e)
         }
     };
+    // Two stages on two threads: this one unpacks while a helper receives,
+    // hashes, stores and decompresses. Decompression and file creation are
+    // the two costs of a pull; overlapping them uses both cores.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(32);
+    let decompressor = {
+        let source = Shared(shared.clone(), transport_failed.clone());
+        std::thread::Builder::new()
+            .name("layer-decompress".into())
+            .spawn(move || {
+                let mut reader = match archive::decompressed(source) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                loop {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    match reader.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            if tx.send(Ok(buf)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| UnpackError::Layer(format!("start decompressor: {e}")))?
+    };
     let applied = (|| {
-        let reader = archive::decompressed(Shared(shared.clone(), transport_failed.clone())).map_err(|e| e.to_string())?;
-        let mut tar = HashingReader::new(reader);
+        let mut tar = HashingReader::new(ChunkReader { rx, chunk: Vec::new(), pos: 0 });
         archive::apply_layer(&mut tar, dest, &ApplyOptions::default()).map_err(|e| e.to_string())?;
         io::copy(&mut tar, &mut io::sink()).map_err(|e| e.to_string())?;
         Ok::<_, String>(tar.finish().0)
     })();
+    decompressor.join().map_err(|_| UnpackError::Layer("decompressor panicked".into()))?;
     // Read the rest of the blob even when unpacking failed: a blob that is
     // not what the manifest promised is reported as such, not as a bad tar.
     io::copy(&mut Shared(shared.clone(), transport_failed.clone()), &mut io::sink())
         .map_err(|e| classify(e.to_string(), &transport_failed))?;
-    let source = Arc::try_unwrap(shared)
+    let mut source = Arc::try_unwrap(shared)
         .map_err(|_| UnpackError::Layer("layer source still in use".into()))?
         .into_inner()
         .map_err(|_| UnpackError::Layer("layer source lock poisoned".into()))?;
+    if let Some(failure) = source.failure.take() {
+        // The connection broke: the partial download stays for a resume.
+        return Err(UnpackError::Transport(failure));
+    }
     let len = source.hasher.len();
     let digest = source.hasher.clone().finish();
     Ok((digest, len, applied, source))
