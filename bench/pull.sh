@@ -55,9 +55,10 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 bt=$(echo "${T[berthd]}" | median); dt=$(echo "${T[dockerd]}" | median)
 br=$(echo "${R[berthd]}" | median); dr=$(echo "${R[dockerd]}" | median)
+num() { printf '%.4f' "$1"; }
 cat > bench/results/pull.json <<JSON
-{"image":"$IMAGE","runs":$RUNS,"berthd_pull_s":$bt,"dockerd_pull_s":$dt,"berthd_idle_rss_kib":$br,"dockerd_idle_rss_kib":$dr,
- "pull_time_ratio":$(echo "$bt / $dt" | bc -l | cut -c1-6),"idle_rss_ratio":$(echo "$br / $dr" | bc -l | cut -c1-6)}
+{"image":"$IMAGE","runs":$RUNS,"berthd_pull_s":$(num "$bt"),"dockerd_pull_s":$(num "$dt"),"berthd_idle_rss_kib":$br,"dockerd_idle_rss_kib":$dr,
+ "pull_time_ratio":$(num "$(echo "$bt / $dt" | bc -l)"),"idle_rss_ratio":$(num "$(echo "$br / $dr" | bc -l)")}
 JSON
 printf '| engine | cold pull of %s (median of %s) | idle RSS after pull |\n|---|---|---|\n' "$IMAGE" "$RUNS"
 printf '| dockerd 20.10 + containerd | %.2f s | %.1f MiB |\n' "$dt" "$(echo "$dr/1024" | bc -l)"
