@@ -197,6 +197,7 @@ fn run() -> Result<()> {
         .context("start runtime")?;
     runtime.block_on(async {
         let engine = Engine::open(settings.engine.clone())?;
+        engine.containers.reconcile();
         if let Some(p) = &settings.pidfile {
             write_pidfile(p)?;
         }

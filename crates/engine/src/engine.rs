@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::config::EngineConfig;
+use crate::containers::{Containers, RuntimeConfig};
 use crate::content::{write_atomic, ContentStore};
 use crate::error::{Error, Result};
 use crate::events::EventBus;
@@ -39,6 +40,7 @@ pub struct Engine {
     pub config: EngineConfig,
     pub paths: Paths,
     pub images: Arc<Images>,
+    pub containers: Arc<Containers>,
     pub events: Arc<EventBus>,
     id: String,
     /// Held for the engine's life: the flock on the data root.
@@ -73,8 +75,13 @@ impl Engine {
         if let Err(e) = images.gc() {
             tracing::warn!(error = %e, "garbage collection at start-up failed");
         }
+        let shim = std::env::var_os("BERTH_SHIM").map(std::path::PathBuf::from).unwrap_or_else(|| {
+            std::env::current_exe().map(|p| p.with_file_name("berth-shim")).unwrap_or_else(|_| "berth-shim".into())
+        });
+        let containers = Containers::open(&paths, images.clone(), events.clone(), RuntimeConfig::detect(shim))
+            .map_err(|source| OpenError::Store { what: "containers", source })?;
         let id = engine_id(&paths);
-        Ok(Arc::new(Engine { config, paths, images, events, id, _lock: lock }))
+        Ok(Arc::new(Engine { config, paths, images, containers, events, id, _lock: lock }))
     }
 
     pub fn id(&self) -> &str {
@@ -119,12 +126,13 @@ impl Engine {
     /// `/info`.
     pub fn info(&self) -> serde_json::Value {
         let images = self.images.store.list().len();
+        let (containers, running, paused, stopped) = self.containers.counts();
         let (mem_total, ncpu) = host_resources();
         let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
         let mirrors: Vec<String> = self.config.registry_mirrors.iter().map(|m| format!("{m}/")).collect();
         serde_json::json!({
             "ID": self.id,
-            "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0, "ContainersStopped": 0,
+            "Containers": containers, "ContainersRunning": running, "ContainersPaused": paused, "ContainersStopped": stopped,
             "Images": images,
             "Driver": "overlay2",
             "DriverStatus": [["Backing Filesystem", "extfs"], ["Supports d_type", "true"], ["Native Overlay Diff", "true"]],
@@ -161,7 +169,7 @@ impl Engine {
             "Labels": [],
             "ExperimentalBuild": false,
             "ServerVersion": env!("CARGO_PKG_VERSION"),
-            "Runtimes": {"crun": {"path": "crun"}},
+            "Runtimes": self.containers.runtime.runtimes.iter().map(|(k, v)| (k.clone(), serde_json::json!({"path": v}))).collect::<serde_json::Map<String, serde_json::Value>>(),
             "DefaultRuntime": "crun",
             "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": false,
                       "Error": "", "RemoteManagers": null},

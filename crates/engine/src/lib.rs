@@ -7,6 +7,7 @@
 pub mod api;
 pub mod archive;
 pub mod config;
+pub mod containers;
 pub mod content;
 pub mod digest;
 pub mod engine;

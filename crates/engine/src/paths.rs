@@ -67,6 +67,43 @@ impl Paths {
     pub fn references_file(&self) -> PathBuf {
         self.metadata_dir().join("references.json")
     }
+    /// Containers' persistent state: records, rootfs layers, logs.
+    pub fn containers_dir(&self) -> PathBuf {
+        self.data_root.join("containers")
+    }
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.containers_dir().join(id)
+    }
+    pub fn container_record(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("config.json")
+    }
+    /// The container's writable layer, overlay work dir and mount point.
+    pub fn container_upper(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("diff")
+    }
+    pub fn container_work(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("work")
+    }
+    pub fn container_rootfs(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("merged")
+    }
+    pub fn container_log(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join(format!("{id}-json.log"))
+    }
+    /// `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf` given to the container.
+    pub fn container_etc_file(&self, id: &str, name: &str) -> PathBuf {
+        self.container_dir(id).join(name)
+    }
+    /// Runtime state of a running container: the OCI bundle and the shim's
+    /// socket. Keyed by the short ID so socket paths stay under 108 bytes.
+    pub fn container_state_dir(&self, id: &str) -> PathBuf {
+        self.exec_root.join("c").join(&id[..id.len().min(12)])
+    }
+    /// The OCI runtime's own state (`crun --root`).
+    pub fn runtime_root(&self) -> PathBuf {
+        self.exec_root.join("runtime")
+    }
+
     /// Scratch space for uploads (load, import) that are not yet content.
     pub fn tmp_dir(&self) -> PathBuf {
         self.data_root.join("tmp")

@@ -2,6 +2,7 @@
 //! parsing and error encoding. Handlers translate between the wire and the
 //! engine; they never touch disk themselves.
 
+mod containers;
 mod images;
 mod system;
 
@@ -167,6 +168,14 @@ pub fn service(engine: Arc<Engine>) -> Router {
         .route("/images/get", get(images::save_many))
         .route("/images/load", post(images::load))
         .route("/images/{*rest}", get(images::get_dispatch).post(images::post_dispatch).delete(images::delete))
+        .route("/containers/create", post(containers::create))
+        .route("/containers/json", get(containers::list))
+        .route("/containers/prune", post(containers::prune))
+        .route("/containers/{id}", axum::routing::delete(containers::delete))
+        .route("/containers/{id}/{what}", get(containers::get_dispatch).post(containers::post_dispatch))
+        .route("/exec/{id}/start", post(containers::exec_start))
+        .route("/exec/{id}/json", get(containers::exec_json))
+        .route("/exec/{id}/resize", post(containers::exec_resize))
         .fallback(not_found)
         .with_state(engine);
     Router::new().fallback_service(api).layer(axum::middleware::from_fn(negotiate))

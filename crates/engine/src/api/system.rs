@@ -66,7 +66,7 @@ pub(super) async fn df(State(engine): AppState) -> Result<Response, Error> {
     let resp = serde_json::json!({
         "LayersSize": usage.layers_size,
         "Images": usage.images,
-        "Containers": [],
+        "Containers": engine.containers.disk_usage(),
         "Volumes": [],
         "BuildCache": [],
     });

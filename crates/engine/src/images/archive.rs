@@ -129,19 +129,6 @@ fn blob_path(d: &Digest) -> String {
     format!("blobs/sha256/{}", d.hex())
 }
 
-/// The host architecture in Go's naming, as image configs spell it.
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "arm" => "arm",
-        "powerpc64" => "ppc64le",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        other => other,
-    }
-}
 
 /// `e` and its sources, joined: `ArchiveError`s keep the cause in `source()`.
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -1101,7 +1088,7 @@ fn read_oci_index(bundle: &Bundle) -> Result<Vec<LoadImage>> {
                     .map_err(|e| Error::invalid(format!("invalid archive: index {}: {e}", desc.digest)))?;
                 let wanted = |d: &&OciDescriptor| {
                     matches!(d.media_type.as_str(), media_type::OCI_MANIFEST | media_type::DOCKER_MANIFEST)
-                        && d.platform.as_ref().is_none_or(|p| p.os == "linux" && p.architecture == host_arch())
+                        && d.platform.as_ref().is_none_or(|p| p.os == "linux" && p.architecture == crate::engine::go_arch())
                 };
                 match nested.manifests.iter().find(wanted) {
                     Some(d) => d.clone(),
@@ -1109,7 +1096,7 @@ fn read_oci_index(bundle: &Bundle) -> Result<Vec<LoadImage>> {
                         return Err(Error::invalid(format!(
                             "invalid archive: index {} has no image for linux/{}",
                             desc.digest,
-                            host_arch()
+                            crate::engine::go_arch()
                         )))
                     }
                 }
@@ -1248,7 +1235,7 @@ impl Images {
         }
         let (os, arch, variant) = match platform {
             Some(p) => (p.os.as_str(), p.architecture.as_str(), p.variant.as_deref()),
-            None => ("linux", host_arch(), None),
+            None => ("linux", crate::engine::go_arch(), None),
         };
         if os != "linux" {
             return Err(Error::invalid("operating system is not supported"));
@@ -2737,7 +2724,7 @@ mod tests {
         assert_eq!(c["config"]["Cmd"], serde_json::json!(["sh"]));
         assert_eq!(c["config"]["Env"], serde_json::json!(["A=b"]));
         assert_eq!(c["comment"], "from a test");
-        assert_eq!(c["architecture"], host_arch());
+        assert_eq!(c["architecture"], crate::engine::go_arch());
         assert_eq!(c["os"], "linux");
         assert_eq!(c["history"][0]["comment"], "from a test");
         assert_eq!(c["history"][0]["created"], c["created"]);

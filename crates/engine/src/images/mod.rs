@@ -111,9 +111,9 @@ pub struct DiskUsage {
     pub images: Vec<ImageSummary>,
 }
 
-/// Counts containers per image; supplied by the container half of the
-/// engine so image removal can refuse images in use.
-pub type UsageFn = Arc<dyn Fn() -> HashMap<Digest, usize> + Send + Sync>;
+/// The containers using each image (ID, running); supplied by the
+/// container half of the engine so image removal can refuse images in use.
+pub type UsageFn = Arc<dyn Fn() -> HashMap<Digest, Vec<(String, bool)>> + Send + Sync>;
 
 /// The image service.
 pub struct Images {
@@ -187,8 +187,13 @@ impl Images {
         *self.usage.lock().expect("usage lock poisoned") = Some(f);
     }
 
-    fn usage(&self) -> HashMap<Digest, usize> {
+    fn users(&self) -> HashMap<Digest, Vec<(String, bool)>> {
         self.usage.lock().expect("usage lock poisoned").as_ref().map(|f| f()).unwrap_or_default()
+    }
+
+    /// Containers per image.
+    fn usage(&self) -> HashMap<Digest, usize> {
+        self.users().into_iter().map(|(k, v)| (k, v.len())).collect()
     }
 
     pub fn lease(&self, digests: impl IntoIterator<Item = Digest>) -> Lease<'_> {
@@ -411,10 +416,23 @@ impl Images {
         let untagged = |s: String| ImageDeleteResponseItem { untagged: Some(s), deleted: None };
         let mut records = Vec::new();
         let is_id = idstr.starts_with(name) || id.hex().starts_with(name);
-        let usage = self.usage();
-        let in_use = usage.get(&id).copied().unwrap_or(0);
+        let users = self.users().remove(&id).unwrap_or_default();
+        let in_use = users.len();
+        let short = |c: &str| c.chars().take(12).collect::<String>();
         if !is_id && found.by_reference.is_some() {
             let r = found.by_reference.clone().expect("checked is_some");
+            let refs = self.store.references_of(&id);
+            let repos: HashSet<String> = refs.iter().map(|x| x.repository()).collect();
+            let single = refs.iter().filter(|x| x.digest().is_none()).count() <= 1 && repos.len() <= 1;
+            if !force && single {
+                if let Some((c, _)) = users.first() {
+                    return Err(Error::conflict(format!(
+                        "conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}",
+                        short(c),
+                        id.short()
+                    )));
+                }
+            }
             self.store.untag(&r)?;
             records.push(untagged(r.familiar()));
             self.event("untag", &idstr, Some(&r.familiar()));
@@ -439,10 +457,18 @@ impl Images {
                     id.short()
                 )));
             }
-            if in_use > 0 && !force {
+            if let Some((c, _)) = users.iter().find(|(_, running)| *running) {
                 return Err(Error::conflict(format!(
-                    "conflict: unable to delete {} (cannot be forced) - image is being used by running container",
-                    id.short()
+                    "conflict: unable to delete {} (cannot be forced) - image is being used by running container {}",
+                    id.short(),
+                    short(c)
+                )));
+            }
+            if let Some((c, _)) = users.first().filter(|_| !force) {
+                return Err(Error::conflict(format!(
+                    "conflict: unable to delete {} (must be forced) - image is being used by stopped container {}",
+                    id.short(),
+                    short(c)
                 )));
             }
             for r in refs {

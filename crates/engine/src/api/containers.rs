@@ -1,0 +1,296 @@
+//! `/containers/*` handlers, including the hijacked attach stream.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+use super::{json_response, ok_json, AppState, Params};
+use crate::containers::logs::LogOptions;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::filters::Filters;
+
+/// Largest JSON request body accepted (create, update, exec): far above
+/// any real request, small enough that a hostile one costs nothing.
+const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
+
+/// Reads a JSON object body with dockerd's error wording.
+pub(super) async fn json_body(body: Body) -> Result<Value> {
+    let limited = http_body_util::Limited::new(body, MAX_JSON_BODY);
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Error::invalid(format!("request body is larger than {MAX_JSON_BODY} bytes"))
+            } else {
+                Error::invalid(format!("read request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("invalid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(Error::invalid("invalid JSON: expected an object"));
+    }
+    Ok(v)
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn not_modified() -> Response {
+    StatusCode::NOT_MODIFIED.into_response()
+}
+
+pub(super) async fn create(State(engine): AppState, params: Params, body: Body) -> Result<Response> {
+    let body = json_body(body).await?;
+    let (id, warnings) = engine.containers.create(params.get("name"), &body)?;
+    Ok(json_response(StatusCode::CREATED, &json!({"Id": id, "Warnings": warnings})))
+}
+
+pub(super) async fn list(State(engine): AppState, params: Params) -> Result<Response> {
+    let filters = Filters::parse(
+        params.get("filters"),
+        &["ancestor", "before", "expose", "exited", "health", "id", "isolation", "is-task", "label", "name", "network", "publish", "since", "status", "volume"],
+    )?;
+    let limit = params.get("limit").and_then(|l| l.parse::<i64>().ok()).filter(|l| *l > 0).map(|l| l as usize);
+    let all = params.bool("all") || limit.is_some();
+    Ok(ok_json(&engine.containers.list(all, limit, params.bool("size"), &filters)?))
+}
+
+pub(super) async fn prune(State(engine): AppState, params: Params) -> Result<Response> {
+    let filters = Filters::parse(params.get("filters"), &["label", "label!", "until"])?;
+    Ok(ok_json(&engine.containers.prune(&filters).await?))
+}
+
+fn int_param(params: &Params, k: &str) -> Result<Option<i64>> {
+    match params.get(k).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| Error::invalid(format!("invalid value for {k}: {v:?}"))),
+    }
+}
+
+/// `GET /containers/{id}/{json|logs|top|stats|changes|export|archive}`.
+pub(super) async fn get_dispatch(State(engine): AppState, Path((id, what)): Path<(String, String)>, params: Params) -> Result<Response> {
+    match what.as_str() {
+        "json" => Ok(ok_json(&engine.containers.inspect(&id, params.bool("size"))?)),
+        "logs" => logs(engine, &id, &params).await,
+        "top" => Ok(ok_json(&engine.containers.top(&id, params.get("ps_args").unwrap_or_default())?)),
+        "stats" => stats(engine, &id, &params).await,
+        _ => Err(Error::not_found("page not found")),
+    }
+}
+
+async fn logs(engine: Arc<Engine>, id: &str, params: &Params) -> Result<Response> {
+    let time = |k: &str| -> Result<Option<i64>> {
+        match params.get(k).filter(|v| !v.is_empty() && *v != "0") {
+            None => Ok(None),
+            Some(v) => crate::timefmt::parse_time_arg(v)
+                .map(|(s, n)| Some(s * 1_000_000_000 + i64::from(n)))
+                .ok_or_else(|| Error::invalid(format!("invalid value for \"{k}\": {v}"))),
+        }
+    };
+    let opts = LogOptions {
+        stdout: params.bool("stdout"),
+        stderr: params.bool("stderr"),
+        follow: params.bool("follow"),
+        timestamps: params.bool("timestamps"),
+        since: time("since")?,
+        until: time("until")?,
+        tail: params.get("tail").filter(|t| *t != "all" && !t.is_empty()).and_then(|t| t.parse().ok()),
+    };
+    if !opts.stdout && !opts.stderr {
+        return Err(Error::invalid("Bad parameters: you must choose at least one stream"));
+    }
+    let (tty, rx) = engine.containers.logs(id, opts)?;
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok::<_, std::io::Error>(c), rx)) });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert("content-type", stream_type(tty));
+    Ok(resp)
+}
+
+/// `POST /containers/{id}/{start|stop|kill|restart|pause|unpause|wait|attach|resize|rename}`.
+pub(super) async fn post_dispatch(State(engine): AppState, Path((id, what)): Path<(String, String)>, params: Params, req: Request) -> Result<Response> {
+    let c = &engine.containers;
+    match what.as_str() {
+        "start" => Ok(if c.start(&id).await? { no_content() } else { not_modified() }),
+        "stop" => {
+            let t = int_param(&params, "t")?.or(int_param(&params, "timeout")?);
+            Ok(if c.stop(&id, t, params.get("signal").filter(|s| !s.is_empty())).await? { no_content() } else { not_modified() })
+        }
+        "restart" => {
+            let t = int_param(&params, "t")?.or(int_param(&params, "timeout")?);
+            c.restart(&id, t, params.get("signal").filter(|s| !s.is_empty())).await?;
+            Ok(no_content())
+        }
+        "kill" => {
+            c.kill(&id, params.get("signal").unwrap_or("SIGKILL")).await?;
+            Ok(no_content())
+        }
+        "pause" => c.pause(&id, true).await.map(|_| no_content()),
+        "unpause" => c.pause(&id, false).await.map(|_| no_content()),
+        "rename" => {
+            c.rename(&id, params.get("name").unwrap_or_default())?;
+            Ok(no_content())
+        }
+        "resize" => {
+            let h = int_param(&params, "h")?.unwrap_or(0).clamp(0, u16::MAX as i64) as u16;
+            let w = int_param(&params, "w")?.unwrap_or(0).clamp(0, u16::MAX as i64) as u16;
+            c.resize(&id, w, h).await?;
+            Ok(StatusCode::OK.into_response())
+        }
+        "wait" => {
+            let fut = c.wait(&id, params.get("condition").unwrap_or(""))?;
+            // Headers go out now; the body when the container exits.
+            let stream = futures_util::stream::once(async move {
+                let body = match fut.await {
+                    Ok(code) => json!({"StatusCode": code, "Error": null}),
+                    Err(e) => json!({"StatusCode": -1, "Error": {"Message": e.message}}),
+                };
+                let mut v = serde_json::to_vec(&body).unwrap_or_default();
+                v.push(b'\n');
+                Ok::<_, std::io::Error>(v)
+            });
+            let mut resp = Response::new(Body::from_stream(stream));
+            resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+            Ok(resp)
+        }
+        "attach" => attach(engine.clone(), &id, &params, req).await,
+        "exec" => {
+            let body = json_body(req.into_body()).await?;
+            let exec_id = c.exec_create(&id, &body)?;
+            Ok(json_response(StatusCode::CREATED, &json!({"Id": exec_id})))
+        }
+        _ => Err(Error::not_found("page not found")),
+    }
+}
+
+fn stream_type(tty: bool) -> HeaderValue {
+    HeaderValue::from_static(if tty { "application/vnd.docker.raw-stream" } else { "application/vnd.docker.multiplexed-stream" })
+}
+
+/// The 101 answer that hands the connection over to a raw stream, as
+/// dockerd's hijack does: raw for a TTY, multiplexed frames otherwise.
+fn hijacked(tty: bool) -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert("content-type", stream_type(tty));
+    h.insert("connection", HeaderValue::from_static("Upgrade"));
+    h.insert("upgrade", HeaderValue::from_static("tcp"));
+    resp
+}
+
+/// Hijacks the connection and joins it to the container's stdio.
+async fn attach(engine: Arc<Engine>, id: &str, params: &Params, mut req: Request) -> Result<Response> {
+    let stream = params.bool("stream");
+    let logs = params.bool("logs");
+    let (stdin, stdout, stderr) = (params.bool("stdin"), params.bool("stdout"), params.bool("stderr"));
+    if !stream && !logs {
+        return Err(Error::invalid("Bad parameters: you must choose at least one stream"));
+    }
+    let (rec, shim_rx) = engine.containers.attach(id, stdin, stdout, stderr).await?;
+    let upgrade = hyper::upgrade::on(&mut req);
+    let tty = rec.tty();
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut client = TokioIo::new(upgraded);
+        match shim_rx.await {
+            Ok(Ok(mut shim)) => {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut shim).await;
+            }
+            Ok(Err(e)) => {
+                use tokio::io::AsyncWriteExt;
+                let msg = format!("{}\n", e.message);
+                let bytes = if tty { msg.into_bytes() } else { crate::containers::logs::frame(2, msg.as_bytes()) };
+                let _ = client.write_all(&bytes).await;
+            }
+            Err(_) => {}
+        }
+    });
+    Ok(hijacked(tty))
+}
+
+pub(super) async fn delete(State(engine): AppState, Path(id): Path<String>, params: Params) -> Result<Response> {
+    engine.containers.remove(&id, params.bool("force"), params.bool("v")).await?;
+    Ok(no_content())
+}
+
+/// `GET /containers/{id}/stats`: one sample with `stream=false`, else one
+/// per second; `precpu_stats` is the previous sample's CPU, so clients can
+/// compute a percentage.
+async fn stats(engine: Arc<Engine>, id: &str, params: &Params) -> Result<Response> {
+    let stream = params.get("stream").is_none_or(|v| !matches!(v, "0" | "false" | "False"));
+    let one_shot = params.bool("one-shot");
+    let c = engine.containers.clone();
+    let first = c.stats(id)?;
+    let id = id.to_owned();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    tokio::spawn(async move {
+        let encode = |v: &Value| {
+            let mut b = serde_json::to_vec(v).unwrap_or_default();
+            b.push(b'\n');
+            b
+        };
+        let mut prev = first;
+        if !stream && one_shot {
+            prev["precpu_stats"] = json!({"cpu_usage": {"total_usage": 0}, "throttling_data": {}});
+            let _ = tx.send(encode(&prev)).await;
+            return;
+        }
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(if stream { 1000 } else { 500 })).await;
+            let Ok(mut next) = c.stats(&id) else { return };
+            next["precpu_stats"] = prev["cpu_stats"].clone();
+            next["preread"] = prev["read"].clone();
+            if tx.send(encode(&next)).await.is_err() || !stream {
+                return;
+            }
+            let running = c.find(&id).map(|h| h.record().state.running).unwrap_or(false);
+            prev = next;
+            if !running {
+                return;
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok::<_, std::io::Error>(c), rx)) });
+    let mut resp = Response::new(Body::from_stream(body));
+    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+/// `POST /exec/{id}/start`.
+pub(super) async fn exec_start(State(engine): AppState, Path(id): Path<String>, mut req: Request) -> Result<Response> {
+    let upgrade = hyper::upgrade::on(&mut req);
+    let body = json_body(req.into_body()).await?;
+    let detach = body.get("Detach").and_then(Value::as_bool).unwrap_or(false);
+    let (tty, stream) = engine.containers.exec_start(&id, detach).await?;
+    let Some(mut shim) = stream else {
+        return Ok(StatusCode::OK.into_response());
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut client = TokioIo::new(upgraded);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut shim).await;
+    });
+    Ok(hijacked(tty))
+}
+
+pub(super) async fn exec_json(State(engine): AppState, Path(id): Path<String>) -> Result<Response> {
+    Ok(ok_json(&engine.containers.exec_inspect(&id)?))
+}
+
+pub(super) async fn exec_resize(State(engine): AppState, Path(id): Path<String>) -> Result<Response> {
+    engine.containers.exec_exists(&id)?;
+    Ok(StatusCode::OK.into_response())
+}
