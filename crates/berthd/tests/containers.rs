@@ -142,3 +142,155 @@ fn containers_survive_an_engine_kill_and_are_readopted() {
     let logs = d.docker_ok(&["logs", "survivor"]);
     assert!(logs.contains("before") && logs.contains("after"), "{logs}");
 }
+
+/// Runs `args` on an engine and returns (exit code, stdout) — the
+/// reference dockerd has no bridge, so both use `--network none`.
+fn run_out(c: &common::Client, args: &[&str]) -> (Option<i32>, String) {
+    let mut a = vec!["run", "--rm", "--network", "none"];
+    a.extend_from_slice(args);
+    let out = c.docker(&a);
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn security_defaults_match_dockerd() {
+    require!(Need::Root, Need::Registry, Need::Reference);
+    let d = ready().expect("engine");
+    let r = common::reference().expect("required");
+    r.docker_ok(&["pull", "-q", "busybox"]);
+    let status = ["busybox", "grep", "-E", "^(CapEff|CapBnd|CapPrm|Seccomp|NoNewPrivs):", "/proc/self/status"];
+    assert_eq!(run_out(&d, &status), run_out(&r, &status));
+    let mut cap_add = vec!["--cap-add", "NET_ADMIN", "--cap-drop", "CHOWN", "--security-opt", "no-new-privileges"];
+    cap_add.extend_from_slice(&status);
+    assert_eq!(run_out(&d, &cap_add), run_out(&r, &cap_add));
+    let mut privileged = vec!["--privileged"];
+    privileged.extend_from_slice(&status);
+    let (_, ours) = run_out(&d, &privileged);
+    assert!(ours.contains("Seccomp:\t0"), "{ours}");
+    // Which /proc and /sys writes fail, and how the shell exits.
+    for path in ["/proc/sysrq-trigger", "/proc/sys/kernel/hostname", "/sys/kernel/profiling", "/proc/kcore", "/proc/timer_list"] {
+        let script = format!("echo 1 > {path} 2>/dev/null; echo $?");
+        let args = ["busybox", "sh", "-c", script.as_str()];
+        let (ours, theirs) = (run_out(&d, &args), run_out(&r, &args));
+        assert_eq!(ours.1.trim() == "0", theirs.1.trim() == "0", "write to {path}: berth {ours:?}, dockerd {theirs:?}");
+    }
+}
+
+#[test]
+fn no_descriptor_leaks_into_the_container() {
+    require!(Need::Root, Need::Registry);
+    let d = ready().expect("engine");
+    // Only stdio: a WorkingDir through an inherited descriptor cannot work.
+    let out = d.docker(&["run", "--rm", "-w", "/proc/self/fd/5", "busybox", "pwd"]);
+    assert_ne!(out.status.code(), Some(0));
+    let fds = d.docker_ok(&["run", "--rm", "busybox", "ls", "/proc/self/fd"]);
+    let fds: Vec<&str> = fds.split_whitespace().collect();
+    assert_eq!(fds, ["0", "1", "2", "3"], "ls itself holds fd 3 for the directory");
+}
+
+#[test]
+fn huge_uids_never_become_root() {
+    require!(Need::Root, Need::Registry);
+    let d = ready().expect("engine");
+    for uid in ["4294967296", "2147483648", "-1"] {
+        let out = d.docker(&["run", "--rm", "-u", uid, "busybox", "id", "-u"]);
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert_ne!(printed.trim(), "0", "uid {uid} ran as root");
+    }
+    assert_eq!(d.docker_ok(&["run", "--rm", "-u", "1000:1000", "busybox", "id", "-u"]).trim(), "1000");
+    assert_eq!(d.docker_ok(&["run", "--rm", "-u", "nobody", "busybox", "id", "-un"]).trim(), "nobody");
+}
+
+#[test]
+fn missing_executable_exits_127_like_dockerd() {
+    require!(Need::Root, Need::Registry);
+    let d = ready().expect("engine");
+    let out = d.docker(&["run", "--rm", "busybox", "no-such-binary"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("executable file not found in $PATH"));
+    // --rm cleaned up after the failed start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.docker_ok(&["ps", "-aq"]).trim().is_empty() {
+        assert!(Instant::now() < deadline, "container left behind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn tty_exec_logs_top_stats_pause_rename_restart() {
+    require!(Need::Root, Need::Registry);
+    let d = ready().expect("engine");
+    assert_eq!(d.docker_ok(&["run", "--rm", "-t", "busybox", "tty"]).trim(), "/dev/pts/0");
+    d.docker_ok(&["run", "-d", "--name", "box", "-e", "FOO=bar", "busybox", "sh", "-c", "echo one; echo two; echo three; exec sleep 1000"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.docker_ok(&["logs", "box"]).contains("three") {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(d.docker_ok(&["logs", "--tail", "1", "box"]), "three\n");
+    let stamped = d.docker_ok(&["logs", "-t", "--tail", "1", "box"]);
+    assert!(stamped.ends_with("Z three\n") && stamped.starts_with("20"), "{stamped}");
+    // exec: env, workdir, user, exit code.
+    assert_eq!(d.docker_ok(&["exec", "box", "sh", "-c", "echo $FOO"]).trim(), "bar");
+    assert_eq!(d.docker_ok(&["exec", "-w", "/tmp", "box", "pwd"]).trim(), "/tmp");
+    assert_eq!(d.docker_ok(&["exec", "-u", "nobody", "box", "id", "-un"]).trim(), "nobody");
+    assert_eq!(d.docker_ok(&["exec", "-e", "X=y", "box", "sh", "-c", "echo $X"]).trim(), "y");
+    assert_eq!(d.docker(&["exec", "box", "sh", "-c", "exit 9"]).status.code(), Some(9));
+    let top = d.docker_ok(&["top", "box"]);
+    assert!(top.contains("sleep 1000"), "{top}");
+    let stats = d.docker_ok(&["stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}", "box"]);
+    assert_eq!(stats.trim(), "box 1");
+    d.docker_ok(&["pause", "box"]);
+    assert!(d.docker_ok(&["ps", "--format", "{{.Status}}"]).contains("(Paused)"));
+    let err = d.docker_err(&["exec", "box", "true"]);
+    assert!(err.contains("paused"), "{err}");
+    d.docker_ok(&["unpause", "box"]);
+    d.docker_ok(&["rename", "box", "crate"]);
+    let pid = d.docker_ok(&["inspect", "-f", "{{.State.Pid}}", "crate"]);
+    d.docker_ok(&["restart", "-t", "0", "crate"]);
+    let pid2 = d.docker_ok(&["inspect", "-f", "{{.State.Pid}} {{.State.Running}}", "crate"]);
+    assert!(pid2.trim().ends_with("true") && !pid2.starts_with(pid.trim()), "{pid} -> {pid2}");
+    d.docker_ok(&["rm", "-f", "crate"]);
+}
+
+#[test]
+fn many_concurrent_lifecycle_calls_leave_a_consistent_state() {
+    require!(Need::Root, Need::Registry);
+    let d = ready().expect("engine");
+    d.docker_ok(&["create", "--name", "target", "busybox", "sleep", "1000"]);
+    let sock = d.socket().to_path_buf();
+    let handles: Vec<_> = (0..100)
+        .map(|i| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let (method, path) = match i % 3 {
+                    0 => ("POST", "/containers/target/start"),
+                    1 => ("POST", "/containers/target/stop?t=0"),
+                    _ => ("DELETE", "/containers/target?force=1"),
+                };
+                let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+                use std::io::{Read, Write};
+                let _ = write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                out.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0)
+            })
+        })
+        .collect();
+    for h in handles {
+        let status = h.join().expect("thread");
+        assert!([204, 304, 404, 409].contains(&status), "unexpected status {status}");
+    }
+    // Whatever happened, the end state is coherent: the container is gone
+    // (some DELETE ran last or early), or it exists and inspect agrees with ps.
+    let listed = d.docker_ok(&["ps", "-aq"]);
+    if listed.trim().is_empty() {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(!mounts.contains(d.data_root().to_str().expect("utf8")), "leaked mount");
+    } else {
+        d.docker_ok(&["rm", "-f", "target"]);
+    }
+    assert!(d.docker_ok(&["ps", "-aq"]).trim().is_empty());
+    let shims = std::fs::read_dir(d.exec_root().join("c")).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(shims, 0, "shim state left behind");
+}

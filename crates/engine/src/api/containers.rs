@@ -87,6 +87,8 @@ pub(super) async fn get_dispatch(State(engine): AppState, Path((id, what)): Path
         "logs" => logs(engine, &id, &params).await,
         "top" => Ok(ok_json(&engine.containers.top(&id, params.get("ps_args").unwrap_or_default())?)),
         "stats" => stats(engine, &id, &params).await,
+        "changes" => super::container_fs::changes(engine, &id).await,
+        "export" => super::container_fs::export(engine, &id).await,
         _ => Err(Error::not_found("page not found")),
     }
 }
@@ -171,6 +173,10 @@ pub(super) async fn post_dispatch(State(engine): AppState, Path((id, what)): Pat
             let exec_id = c.exec_create(&id, &body)?;
             Ok(json_response(StatusCode::CREATED, &json!({"Id": exec_id})))
         }
+        "update" => {
+            let body = json_body(req.into_body()).await?;
+            Ok(ok_json(&json!({"Warnings": c.update(&id, &body).await?})))
+        }
         _ => Err(Error::not_found("page not found")),
     }
 }
@@ -209,13 +215,9 @@ async fn attach(engine: Arc<Engine>, id: &str, params: &Params, mut req: Request
             Ok(Ok(mut shim)) => {
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut shim).await;
             }
-            Ok(Err(e)) => {
-                use tokio::io::AsyncWriteExt;
-                let msg = format!("{}\n", e.message);
-                let bytes = if tty { msg.into_bytes() } else { crate::containers::logs::frame(2, msg.as_bytes()) };
-                let _ = client.write_all(&bytes).await;
-            }
-            Err(_) => {}
+            // A failed start is reported by the start call itself; the
+            // attach just ends, as with dockerd.
+            Ok(Err(_)) | Err(_) => {}
         }
     });
     Ok(hijacked(tty))

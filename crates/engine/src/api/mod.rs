@@ -2,6 +2,7 @@
 //! parsing and error encoding. Handlers translate between the wire and the
 //! engine; they never touch disk themselves.
 
+mod container_fs;
 mod containers;
 mod images;
 mod system;
@@ -176,6 +177,8 @@ pub fn service(engine: Arc<Engine>) -> Router {
         .route("/exec/{id}/start", post(containers::exec_start))
         .route("/exec/{id}/json", get(containers::exec_json))
         .route("/exec/{id}/resize", post(containers::exec_resize))
+        .route("/containers/{id}/archive", get(container_fs::archive_get).head(container_fs::archive_head).put(container_fs::archive_put))
+        .route("/commit", post(container_fs::commit))
         .fallback(not_found)
         .with_state(engine);
     Router::new().fallback_service(api).layer(axum::middleware::from_fn(negotiate))

@@ -26,7 +26,7 @@
 
 mod compression;
 mod pack;
-mod sys;
+pub(crate) mod sys;
 mod unpack;
 
 #[cfg(test)]
@@ -37,7 +37,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use compression::decompressed;
-pub use pack::write_tar_of_dir;
+pub use pack::{write_tar_of_dir, write_tar_of_dir_filtered, write_tar_of_entry};
 pub use unpack::apply_layer;
 
 /// Prefix of a whiteout entry: `.wh.<name>` deletes `<name>` from the layers
@@ -60,12 +60,29 @@ pub struct ApplyOptions {
     /// Give entries the numeric owner recorded in the tar. Only root can; when
     /// false, entries belong to the calling user.
     pub same_owner: bool,
+    /// Interpret whiteouts (`.wh.<name>`, `.wh..wh..opq`) as a layer does.
+    /// When false (a plain archive, such as `docker cp` extracts), they are
+    /// ordinary files like any other.
+    pub whiteouts: bool,
+    /// Refuse, with [`Rejection::ReplaceDirectory`] or
+    /// [`Rejection::ReplaceNonDirectory`], an entry that would replace a
+    /// directory with a non-directory or the other way round (dockerd's
+    /// `NoOverwriteDirNonDir`). Layers replace freely.
+    pub no_replace_dir_non_dir: bool,
+    /// Give every entry this (uid, gid) instead of the tar's (with
+    /// `same_owner`), as `docker cp --archive` asks for the container's user.
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Default for ApplyOptions {
-    /// Keeps owners when running as root, as dockerd does.
+    /// Keeps owners when running as root, as dockerd does; a layer's rules.
     fn default() -> Self {
-        ApplyOptions { same_owner: rustix::process::geteuid().is_root() }
+        ApplyOptions {
+            same_owner: rustix::process::geteuid().is_root(),
+            whiteouts: true,
+            no_replace_dir_non_dir: false,
+            owner: None,
+        }
     }
 }
 
@@ -114,6 +131,12 @@ pub enum Rejection {
     /// A numeric field (uid, gid, mtime, mode, device) that does not parse or
     /// does not fit.
     InvalidHeaderField(&'static str),
+    /// A non-directory entry where a directory exists, with
+    /// `no_replace_dir_non_dir`.
+    ReplaceDirectory,
+    /// A directory entry where a non-directory exists, with
+    /// `no_replace_dir_non_dir`.
+    ReplaceNonDirectory,
 }
 
 impl fmt::Display for Rejection {
@@ -139,6 +162,8 @@ impl fmt::Display for Rejection {
             }
             Rejection::UnsupportedType(t) => write!(f, "unsupported entry type {t:#04x}"),
             Rejection::InvalidHeaderField(field) => write!(f, "invalid {field} in header"),
+            Rejection::ReplaceDirectory => f.write_str("would replace a directory with a non-directory"),
+            Rejection::ReplaceNonDirectory => f.write_str("would replace a non-directory with a directory"),
         }
     }
 }

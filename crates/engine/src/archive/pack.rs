@@ -42,10 +42,23 @@ const HOST_XATTR_PREFIXES: [&[u8]; 3] = [b"trusted.overlay.", b"user.overlay.", 
 /// symlinks, so a tree that changes while it is packed (a running
 /// container) cannot redirect the packer outside `dir`.
 pub fn write_tar_of_dir(dir: &Path, out: impl Write, opts: &PackOptions) -> Result<(), ArchiveError> {
+    write_tar_of_dir_filtered(dir, out, opts, &|_| true)
+}
+
+/// [`write_tar_of_dir`], leaving out every entry for which `keep` is false
+/// (and, for a directory, everything below it). `keep` sees paths as the
+/// tar names them, without a trailing `/` (`etc`, `etc/passwd`); a whiteout
+/// is offered under the name it hides.
+pub fn write_tar_of_dir_filtered(
+    dir: &Path,
+    out: impl Write,
+    opts: &PackOptions,
+    keep: &dyn Fn(&[u8]) -> bool,
+) -> Result<(), ArchiveError> {
     let read_err = |path: &Path, e: Errno| ArchiveError::ReadTree { path: path.to_path_buf(), source: e.into() };
     let root = fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| read_err(dir, e))?;
-    let mut packer = Packer { builder: tar::Builder::new(out), opts, dir, inodes: HashMap::new() };
+    let mut packer = Packer { builder: tar::Builder::new(out), opts, dir, inodes: HashMap::new(), keep };
     if opts.overlay_whiteouts {
         let st = fs::fstat(&root).map_err(|e| read_err(dir, e))?;
         let xattrs = XattrTarget::Fd(root.as_fd()).read_all().map_err(|e| read_err(dir, e))?;
@@ -58,12 +71,40 @@ pub fn write_tar_of_dir(dir: &Path, out: impl Write, opts: &PackOptions) -> Resu
     Ok(())
 }
 
+/// Writes the entry `name` of the directory `parent` to `out` as a tar whose
+/// first entry is named `as_name` (`as_name/` if a directory, followed by
+/// everything below it as `as_name/...`). `name` may be `.`, for `parent`
+/// itself. An empty `as_name` writes a directory as `/` and its contents as
+/// `/etc/...`, as dockerd archives a container's root.
+///
+/// The entry and everything below it are reached without following
+/// symlinks (a symlink `name` is stored as a symlink), exactly as
+/// [`write_tar_of_dir`] walks; `shown` is the path errors name the entry by.
+pub fn write_tar_of_entry(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    as_name: &[u8],
+    shown: &Path,
+    out: impl Write,
+    opts: &PackOptions,
+) -> Result<(), ArchiveError> {
+    let mut packer = Packer { builder: tar::Builder::new(out), opts, dir: shown, inodes: HashMap::new(), keep: &|_| true };
+    if let Err(e) = fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        return Err(packer.read_err(b"", e));
+    }
+    packer.pack_entry(parent, name, b"", as_name, true)?;
+    packer.builder.into_inner().map_err(ArchiveError::WriteTar)?;
+    Ok(())
+}
+
 struct Packer<'a, W: Write> {
     builder: tar::Builder<W>,
     opts: &'a PackOptions,
     dir: &'a Path,
     /// First name written for each multiply-linked inode, by (dev, ino).
     inodes: HashMap<(u64, u64), Vec<u8>>,
+    /// Entries (and subtrees) to write.
+    keep: &'a dyn Fn(&[u8]) -> bool,
 }
 
 /// The parts of a `stat` a tar header records.
@@ -96,83 +137,107 @@ impl<W: Write> Packer<'_, W> {
     fn pack_dir(&mut self, dir: BorrowedFd<'_>, prefix: &[u8]) -> Result<(), ArchiveError> {
         let names = sys::sorted_names(dir).map_err(|e| self.read_err(prefix, e))?;
         for name in names {
-            let mut path = prefix.to_vec();
-            path.extend_from_slice(&name);
-            let st = match fs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => st,
-                // Removed since the directory was listed.
-                Err(Errno::NOENT) => continue,
-                Err(e) => return Err(self.read_err(&path, e)),
-            };
-            match FileType::from_raw_mode(st.st_mode as _) {
-                FileType::Directory => {
-                    let child = sys::open_dir(dir, &name).map_err(|e| self.read_err(&path, e))?;
-                    let st = fs::fstat(&child).map_err(|e| self.read_err(&path, e))?;
-                    let xattrs = XattrTarget::Fd(child.as_fd()).read_all().map_err(|e| self.read_err(&path, e))?;
-                    path.push(b'/');
-                    self.append(EntryType::Directory, &path, None, &Attrs::of(&st), &xattrs, io::empty())?;
-                    if self.opts.overlay_whiteouts && is_opaque(&xattrs) {
-                        self.append_opaque_marker(&path, &st)?;
-                    }
-                    self.pack_dir(child.as_fd(), &path)?;
+            self.pack_entry(dir, &name, prefix, &name, false)?;
+        }
+        Ok(())
+    }
+
+    /// Appends the entry `name` of `dir` under the tar name `prefix` +
+    /// `entry_name` (`prefix` empty or ending in `/`) and, for a directory,
+    /// everything below it, unless `keep` refuses it. One that vanished since
+    /// `dir` was listed is skipped, unless `top` (the entry asked for by
+    /// name).
+    fn pack_entry(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        prefix: &[u8],
+        entry_name: &[u8],
+        top: bool,
+    ) -> Result<(), ArchiveError> {
+        let mut path = prefix.to_vec();
+        path.extend_from_slice(entry_name);
+        if !(self.keep)(&path) {
+            return Ok(());
+        }
+        let st = match fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            // Removed since the directory was listed.
+            Err(Errno::NOENT) if !top => return Ok(()),
+            Err(e) => return Err(self.read_err(&path, e)),
+        };
+        match FileType::from_raw_mode(st.st_mode as _) {
+            FileType::Directory => {
+                let child = sys::open_dir(dir, name).map_err(|e| self.read_err(&path, e))?;
+                let st = fs::fstat(&child).map_err(|e| self.read_err(&path, e))?;
+                let xattrs = XattrTarget::Fd(child.as_fd()).read_all().map_err(|e| self.read_err(&path, e))?;
+                path.push(b'/');
+                self.append(EntryType::Directory, &path, None, &Attrs::of(&st), &xattrs, io::empty())?;
+                if self.opts.overlay_whiteouts && is_opaque(&xattrs) {
+                    self.append_opaque_marker(&path, &st)?;
                 }
-                FileType::RegularFile => {
-                    // O_NONBLOCK: if a fifo was swapped in since the stat,
-                    // opening it must not hang.
-                    let fd = fs::openat(
-                        dir,
-                        name.as_slice(),
-                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(|e| self.read_err(&path, e))?;
-                    let st = fs::fstat(&fd).map_err(|e| self.read_err(&path, e))?;
-                    if FileType::from_raw_mode(st.st_mode as _) != FileType::RegularFile {
-                        return Err(self.read_err(&path, Errno::AGAIN));
-                    }
-                    if self.append_if_hardlink(&path, &st)? {
-                        continue;
-                    }
-                    let xattrs = XattrTarget::Fd(fd.as_fd()).read_all().map_err(|e| self.read_err(&path, e))?;
-                    let attrs = Attrs::of(&st);
-                    let contents = ExactReader { inner: File::from(fd), remaining: attrs.size };
-                    self.append(EntryType::Regular, &path, None, &attrs, &xattrs, contents)?;
-                }
-                FileType::Symlink => {
-                    if self.append_if_hardlink(&path, &st)? {
-                        continue;
-                    }
-                    let target =
-                        fs::readlinkat(dir, name.as_slice(), Vec::new()).map_err(|e| self.read_err(&path, e))?;
-                    let xattrs = self.xattrs_at(dir, &name, &path)?;
-                    let mut attrs = Attrs::of(&st);
-                    attrs.size = 0;
-                    self.append(EntryType::Symlink, &path, Some(target.as_bytes()), &attrs, &xattrs, io::empty())?;
-                }
-                kind @ (FileType::CharacterDevice | FileType::BlockDevice | FileType::Fifo) => {
-                    let mut attrs = Attrs::of(&st);
-                    attrs.size = 0;
-                    if kind == FileType::CharacterDevice && attrs.rdev == 0 && self.opts.overlay_whiteouts {
-                        let mut whiteout = prefix.to_vec();
-                        whiteout.extend_from_slice(WHITEOUT_PREFIX.as_bytes());
-                        whiteout.extend_from_slice(&name);
-                        attrs.mode = 0o600;
-                        self.append(EntryType::Regular, &whiteout, None, &attrs, &[], io::empty())?;
-                        continue;
-                    }
-                    if self.append_if_hardlink(&path, &st)? {
-                        continue;
-                    }
-                    let xattrs = self.xattrs_at(dir, &name, &path)?;
-                    let entry_type = match kind {
-                        FileType::CharacterDevice => EntryType::Char,
-                        FileType::BlockDevice => EntryType::Block,
-                        _ => EntryType::Fifo,
-                    };
-                    self.append(entry_type, &path, None, &attrs, &xattrs, io::empty())?;
-                }
-                _ => tracing::debug!(path = %String::from_utf8_lossy(&path), "skipping socket"),
+                self.pack_dir(child.as_fd(), &path)?;
             }
+            FileType::RegularFile => {
+                // The tree may change while it is packed (a running
+                // container): a device or fifo swapped in since the stat
+                // must not even be opened (opening a device node can act on
+                // the host's device, a fifo can hang). So pin the inode
+                // with an O_PATH descriptor, check it, and only then open
+                // that very inode for reading.
+                let node = fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                    .map_err(|e| self.read_err(&path, e))?;
+                let st = fs::fstat(&node).map_err(|e| self.read_err(&path, e))?;
+                if FileType::from_raw_mode(st.st_mode as _) != FileType::RegularFile {
+                    return Err(self.read_err(&path, Errno::AGAIN));
+                }
+                let fd = fs::open(
+                    sys::proc_fd_path(node.as_fd()),
+                    OFlags::RDONLY | OFlags::NOCTTY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| self.read_err(&path, e))?;
+                if self.append_if_hardlink(&path, &st)? {
+                    return Ok(());
+                }
+                let xattrs = XattrTarget::Fd(fd.as_fd()).read_all().map_err(|e| self.read_err(&path, e))?;
+                let attrs = Attrs::of(&st);
+                let contents = ExactReader { inner: File::from(fd), remaining: attrs.size };
+                self.append(EntryType::Regular, &path, None, &attrs, &xattrs, contents)?;
+            }
+            FileType::Symlink => {
+                if self.append_if_hardlink(&path, &st)? {
+                    return Ok(());
+                }
+                let target = fs::readlinkat(dir, name, Vec::new()).map_err(|e| self.read_err(&path, e))?;
+                let xattrs = self.xattrs_at(dir, name, &path)?;
+                let mut attrs = Attrs::of(&st);
+                attrs.size = 0;
+                self.append(EntryType::Symlink, &path, Some(target.as_bytes()), &attrs, &xattrs, io::empty())?;
+            }
+            kind @ (FileType::CharacterDevice | FileType::BlockDevice | FileType::Fifo) => {
+                let mut attrs = Attrs::of(&st);
+                attrs.size = 0;
+                if kind == FileType::CharacterDevice && attrs.rdev == 0 && self.opts.overlay_whiteouts {
+                    let mut whiteout = prefix.to_vec();
+                    whiteout.extend_from_slice(WHITEOUT_PREFIX.as_bytes());
+                    whiteout.extend_from_slice(entry_name);
+                    attrs.mode = 0o600;
+                    self.append(EntryType::Regular, &whiteout, None, &attrs, &[], io::empty())?;
+                    return Ok(());
+                }
+                if self.append_if_hardlink(&path, &st)? {
+                    return Ok(());
+                }
+                let xattrs = self.xattrs_at(dir, name, &path)?;
+                let entry_type = match kind {
+                    FileType::CharacterDevice => EntryType::Char,
+                    FileType::BlockDevice => EntryType::Block,
+                    _ => EntryType::Fifo,
+                };
+                self.append(entry_type, &path, None, &attrs, &xattrs, io::empty())?;
+            }
+            _ => tracing::debug!(path = %String::from_utf8_lossy(&path), "skipping socket"),
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Descriptor-relative file system calls shared by the unpacker and the
-//! packer. Everything here works on a directory descriptor plus one name and
-//! never follows a symlink in that name.
+//! packer (and, within the crate, by `containers::fs`, which walks container
+//! file systems the same way). Everything here works on a directory
+//! descriptor plus one name and never follows a symlink in that name.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
@@ -8,13 +9,13 @@ use rustix::fs::{self, AtFlags, FileType, Mode, OFlags};
 use rustix::io::{Errno, Result};
 
 /// Opens directory `name` in `parent` for reading, refusing symlinks.
-pub(super) fn open_dir(parent: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd> {
+pub(crate) fn open_dir(parent: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd> {
     fs::openat(parent, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
 }
 
 /// Opens directory `name` in `parent` only as an anchor for `*at()` calls,
 /// refusing symlinks (`ENOTDIR`). Needs no read permission on the directory.
-pub(super) fn open_dir_path(parent: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd> {
+pub(crate) fn open_dir_path(parent: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd> {
     fs::openat(parent, name, OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
 }
 
@@ -26,7 +27,7 @@ pub(super) fn reopen_dir(dir: BorrowedFd<'_>) -> Result<OwnedFd> {
 
 /// The file type of `name` in `parent`, not following symlinks; `None` when
 /// it does not exist.
-pub(super) fn file_type_at(parent: BorrowedFd<'_>, name: &[u8]) -> Result<Option<FileType>> {
+pub(crate) fn file_type_at(parent: BorrowedFd<'_>, name: &[u8]) -> Result<Option<FileType>> {
     match fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode as _))),
         Err(Errno::NOENT) => Ok(None),
@@ -46,8 +47,14 @@ pub(super) fn proc_path(parent: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
     path
 }
 
+/// `/proc/self/fd/N` for `fd`: a path the kernel resolves to exactly the
+/// open file, for calls that take only paths (`chmod` of a device node).
+pub(super) fn proc_fd_path(fd: BorrowedFd<'_>) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
 /// The names in a directory (without `.` and `..`), sorted bytewise.
-pub(super) fn sorted_names(dir: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
+pub(crate) fn sorted_names(dir: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
     let mut stream = fs::Dir::read_from(dir)?;
     let mut names = Vec::new();
     while let Some(entry) = stream.read() {

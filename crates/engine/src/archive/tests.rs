@@ -19,7 +19,7 @@ fn root_or_skip(test: &str) -> bool {
 }
 
 fn owners() -> ApplyOptions {
-    ApplyOptions { same_owner: true }
+    ApplyOptions { same_owner: true, ..ApplyOptions::default() }
 }
 
 /// Builds layer tars entry by entry, writing names into the header bytes

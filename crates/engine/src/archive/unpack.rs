@@ -51,6 +51,14 @@ const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay.
 ///   with one warning per layer, as dockerd does; `trusted.overlay.*` and
 ///   `user.overlay.*` from the tar are always dropped.
 ///
+/// With `opts.whiteouts` false, whiteout names are ordinary files; with
+/// `opts.no_replace_dir_non_dir`, replacing a directory with a non-directory
+/// (or the reverse) is refused; `opts.owner` overrides the tar's owners.
+/// These are what `docker cp` needs to extract a plain archive into a
+/// container, whose contents may change while it runs: nothing here relies
+/// on the destination staying still (every call is relative to a
+/// descriptor and refuses to follow symlinks).
+///
 /// Reads `layer` to its end, past the tar's end-of-archive marker, so a
 /// digest computed over the stream covers all of it.
 ///
@@ -66,6 +74,9 @@ pub fn apply_layer(layer: impl Read, dest: &Path, opts: &ApplyOptions) -> Result
         root: Rc::new(root),
         cache: None,
         same_owner: opts.same_owner,
+        whiteouts: opts.whiteouts,
+        no_replace_dir_non_dir: opts.no_replace_dir_non_dir,
+        owner: opts.owner,
         stats: ApplyStats::default(),
         dir_times: Vec::new(),
         chunk: vec![0; COPY_CHUNK],
@@ -105,6 +116,9 @@ struct Unpacker {
     /// one. Dropped whenever anything is removed.
     cache: Option<(Vec<Vec<u8>>, Rc<OwnedFd>)>,
     same_owner: bool,
+    whiteouts: bool,
+    no_replace_dir_non_dir: bool,
+    owner: Option<(u32, u32)>,
     stats: ApplyStats,
     /// Directory entries whose mtime is set at the end, when nothing else
     /// will be created in them.
@@ -132,10 +146,14 @@ impl Unpacker {
             kind = EntryType::Directory;
         }
         let comps = clean_path(&raw_path).map_err(reject)?;
-        let meta = read_meta(entry).map_err(|e| match e {
+        let mut meta = read_meta(entry).map_err(|e| match e {
             MetaError::Read(e) => ArchiveError::ReadLayer(e),
             MetaError::Invalid(field) => reject(Rejection::InvalidHeaderField(field)),
         })?;
+        if let Some((uid, gid)) = self.owner {
+            meta.uid = uid;
+            meta.gid = gid;
+        }
 
         let Some((&name, parents)) = comps.split_last() else {
             // The layer root: only a directory means something here.
@@ -149,7 +167,7 @@ impl Unpacker {
             }
             return Ok(());
         };
-        for (i, comp) in parents.iter().enumerate() {
+        for (i, comp) in parents.iter().enumerate().filter(|_| self.whiteouts) {
             if comp.starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
                 tracing::debug!(path = %shown, "ignoring entry under whiteout metadata directory");
                 return Ok(());
@@ -159,7 +177,7 @@ impl Unpacker {
             }
         }
 
-        if name == WHITEOUT_OPAQUE.as_bytes() {
+        if self.whiteouts && name == WHITEOUT_OPAQUE.as_bytes() {
             let parent = self.parent(parents, true, &shown)?;
             sys::reopen_dir(parent.as_fd())
                 .and_then(|dir| fs::fsetxattr(&dir, OVERLAY_OPAQUE_XATTR, b"y", fs::XattrFlags::empty()))
@@ -167,11 +185,11 @@ impl Unpacker {
             self.stats.entries += 1;
             return Ok(());
         }
-        if name.starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
+        if self.whiteouts && name.starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
             tracing::debug!(path = %shown, "ignoring whiteout metadata entry");
             return Ok(());
         }
-        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes()).filter(|_| self.whiteouts) {
             if hidden.is_empty() || hidden == b"." || hidden == b".." {
                 return Err(reject(Rejection::InvalidWhiteout));
             }
@@ -354,7 +372,16 @@ impl Unpacker {
         shown: &str,
     ) -> Result<Existing, ArchiveError> {
         let remove_err = |e: Errno| ArchiveError::RemoveExisting { path: shown.to_owned(), source: e.into() };
-        match sys::file_type_at(parent, name).map_err(remove_err)? {
+        let existing = sys::file_type_at(parent, name).map_err(remove_err)?;
+        if self.no_replace_dir_non_dir {
+            let refuse = |reason| Err(ArchiveError::ValidateEntry { path: shown.to_owned(), reason });
+            match existing {
+                Some(FileType::Directory) if !keep_dir => return refuse(Rejection::ReplaceDirectory),
+                Some(t) if t != FileType::Directory && keep_dir => return refuse(Rejection::ReplaceNonDirectory),
+                _ => {}
+            }
+        }
+        match existing {
             None => Ok(Existing::Nothing),
             Some(FileType::Directory) if keep_dir => Ok(Existing::Directory),
             Some(_) => {
@@ -393,10 +420,20 @@ impl Unpacker {
                 .map_err(|e| set_err(shown, "owner", e))?;
         }
         if has_mode {
-            // chmodat follows symlinks, but `name` was just created by us as
-            // a device or fifo, and only we write to the destination.
-            fs::chmodat(parent, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
-                .map_err(|e| set_err(shown, "mode", e))?;
+            // chmodat follows symlinks, and a running container may have
+            // swapped the node we just made for one: change the mode
+            // through a descriptor of the node itself instead (an O_PATH
+            // descriptor of a symlink would name the link, whose mode
+            // Linux refuses to change).
+            let set_mode = || -> rustix::io::Result<()> {
+                let node = fs::openat(parent, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+                let st = fs::fstat(&node)?;
+                if matches!(FileType::from_raw_mode(st.st_mode as _), FileType::Symlink | FileType::Directory) {
+                    return Err(Errno::PERM);
+                }
+                fs::chmod(sys::proc_fd_path(node.as_fd()), Mode::from_raw_mode(meta.mode))
+            };
+            set_mode().map_err(|e| set_err(shown, "mode", e))?;
         }
         self.set_xattrs(&XattrTarget::At { parent, name }, meta, shown)?;
         fs::utimensat(parent, name, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)

@@ -112,7 +112,10 @@ impl Containers {
         if rec.state.status == "removing" || rec.state.dead {
             return Err(Error::conflict(format!("container is marked for removal and cannot be started")));
         }
-        h.update(|r| r.manually_stopped = false);
+        h.update(|r| {
+            r.manually_stopped = false;
+            r.restart_count = 0;
+        });
         self.start_locked(&h).await.map(|_| true)
     }
 
@@ -132,6 +135,7 @@ impl Containers {
                     };
                     r.has_been_started = true;
                 });
+                self.health_start(h);
                 self.persist(h)?;
                 self.event(h, "start", &[]);
                 self.spawn_monitor(h.clone());
@@ -150,9 +154,22 @@ impl Containers {
                     r.state.error = e.message.clone();
                 });
                 let _ = self.persist(h);
-                // Attachers waiting for this start get the failure.
+                // Attachers waiting for this start get the failure; waiters
+                // see an exit, as dockerd reports a failed start.
                 for p in h.pending_attach.lock().expect("attach lock poisoned").drain(..) {
                     let _ = p.reply.send(Err(e.clone()));
+                }
+                self.event(h, "die", &[("exitCode", code.to_string())]);
+                h.exits.send_modify(|n| *n += 1);
+                if rec.host_config.get("AutoRemove").and_then(Value::as_bool).unwrap_or(false) {
+                    // After the caller releases the op lock.
+                    let me = self.clone();
+                    let id = rec.id.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.remove(&id, true, true).await {
+                            tracing::warn!(container_id = %id, error = %e, "auto-remove after failed start");
+                        }
+                    });
                 }
                 Err(Error::new(Kind::InvalidArgument, e.message))
             }
@@ -277,6 +294,10 @@ impl Containers {
                 r.state.error = "container shim exited unexpectedly".into();
             }
         });
+        self.health_stop(h);
+        if exit.is_none() {
+            self.forget_runtime_state(&h.record());
+        }
         let _ = rootfs::unmount(&self.paths.container_rootfs(&id));
         let _ = std::fs::remove_dir_all(self.state_dir(&id));
         if let Err(e) = self.persist(h) {
@@ -292,19 +313,17 @@ impl Containers {
     /// Restart policy and auto-remove, after an exit.
     async fn after_exit(self: &Arc<Self>, h: Arc<Handle>) {
         let rec = h.record();
-        let policy = rec.host_config.pointer("/RestartPolicy/Name").and_then(Value::as_str).unwrap_or("no").to_owned();
-        let max = rec.host_config.pointer("/RestartPolicy/MaximumRetryCount").and_then(Value::as_u64).unwrap_or(0);
-        let restart = !rec.manually_stopped
-            && match policy.as_str() {
-                "always" | "unless-stopped" => true,
-                "on-failure" => rec.state.exit_code != 0 && (max == 0 || rec.restart_count < max),
-                _ => false,
-            };
-        if restart {
-            // dockerd's backoff: 100ms doubling, reset after 10s of running.
+        // A stop, kill or restart by the user cancels the policy for this
+        // run (dockerd cancels the container's restart manager).
+        if !rec.manually_stopped && policy_restarts(&rec) {
+            // dockerd's backoff: 100ms doubling up to a minute, reset after
+            // 10s of running.
             let ran = crate::timefmt::parse_rfc3339(&rec.state.started_at).map(|t| crate::timefmt::now().0 - t.0).unwrap_or(0);
-            let delay = if ran >= 10 { 100 } else { 100u64 << rec.restart_count.min(9) };
+            let delay = if ran >= 10 { 100 } else { 100u64 << rec.restart_count.min(10) };
+            // As dockerd: the count goes up when the restart is decided,
+            // and the container is `restarting` until it runs again.
             h.update(|r| {
+                r.restart_count += 1;
                 r.state.restarting = true;
                 r.state.status = "restarting".into();
             });
@@ -312,14 +331,21 @@ impl Containers {
             tokio::time::sleep(Duration::from_millis(delay.min(60_000))).await;
             let _op = h.op.lock().await;
             let rec = h.record();
-            if rec.manually_stopped || rec.state.running || rec.state.status == "removing" {
+            // Stopped (see stop_locked), removed or started meanwhile.
+            if !rec.state.restarting || rec.state.running || rec.state.status == "removing" {
                 return;
             }
-            h.update(|r| r.restart_count += 1);
-            if let Err(e) = self.start_locked(&h).await {
-                tracing::warn!(container_id = %h.id, error = %e, "restart failed");
-            } else {
-                self.event(&h, "restart", &[]);
+            // A policy restart emits `start` only, as dockerd's does.
+            let started = match rec.manually_stopped {
+                true => false,
+                false => self.start_locked(&h).await.map_err(|e| tracing::warn!(container_id = %h.id, error = %e, "restart failed")).is_ok(),
+            };
+            if !started {
+                h.update(|r| {
+                    r.state.restarting = false;
+                    r.state.status = if r.has_been_started { "exited".into() } else { "created".into() };
+                });
+                let _ = self.persist(&h);
             }
             return;
         }
@@ -354,7 +380,17 @@ impl Containers {
     pub(crate) async fn stop_locked(self: &Arc<Self>, h: &Arc<Handle>, timeout: Option<i64>, signal: Option<&str>) -> Result<bool> {
         let rec = h.record();
         if !rec.state.running {
-            return Ok(false);
+            if !rec.state.restarting {
+                return Ok(false);
+            }
+            // Between two restarts: stopping cancels the next one.
+            h.update(|r| {
+                r.state.restarting = false;
+                r.state.status = "exited".into();
+            });
+            let _ = self.persist(h);
+            self.event(h, "stop", &[]);
+            return Ok(true);
         }
         let stop_signal = signal
             .map(str::to_owned)
@@ -408,7 +444,10 @@ impl Containers {
         let _op = h.op.lock().await;
         h.update(|r| r.manually_stopped = true);
         self.stop_locked(&h, timeout, signal).await?;
-        h.update(|r| r.manually_stopped = false);
+        h.update(|r| {
+            r.manually_stopped = false;
+            r.restart_count = 0;
+        });
         self.start_locked(&h).await?;
         self.event(&h, "restart", &[]);
         Ok(())
@@ -520,6 +559,21 @@ impl Containers {
             return Err(not_running(&rec.id));
         }
         shim::request(&self.state_dir(&rec.id), json!({"op": "resize", "width": width, "height": height})).await.map(|_| ())
+    }
+}
+
+/// dockerd's restart-manager decision for a container that exited with
+/// its recorded exit code: `always` restarts, `unless-stopped` unless the
+/// user stopped it, `on-failure[:N]` after a non-zero exit while fewer than
+/// N restarts happened.
+pub(crate) fn policy_restarts(rec: &Record) -> bool {
+    let policy = rec.host_config.pointer("/RestartPolicy/Name").and_then(Value::as_str).unwrap_or("no");
+    let max = rec.host_config.pointer("/RestartPolicy/MaximumRetryCount").and_then(Value::as_u64).unwrap_or(0);
+    match policy {
+        "always" => true,
+        "unless-stopped" => !rec.manually_stopped,
+        "on-failure" => rec.state.exit_code != 0 && (max == 0 || rec.restart_count < max),
+        _ => false,
     }
 }
 

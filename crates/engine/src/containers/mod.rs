@@ -8,6 +8,7 @@
 //! operation lock, so concurrent start/stop/remove calls on one container
 //! run one at a time and always leave a consistent state.
 
+pub mod fs;
 pub mod logs;
 pub mod rootfs;
 pub mod shim;
@@ -15,8 +16,10 @@ pub mod spec;
 pub mod stats;
 
 mod exec;
+mod health;
 mod lifecycle;
 mod names;
+mod update;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -230,23 +233,88 @@ impl Containers {
     }
 
     /// After start-up: re-adopt containers whose shim survived, mark the
-    /// others exited, and start `always` containers. Needs the runtime.
+    /// others exited, then do what dockerd does at daemon start: start
+    /// again the containers its restart manager would restart (`always`,
+    /// even after a manual stop; `unless-stopped` unless stopped by hand;
+    /// `on-failure` after a failure with retries left), and remove
+    /// `--rm` containers that exited while the engine was away. Needs the
+    /// runtime.
     pub fn reconcile(self: &Arc<Self>) {
         for h in self.all() {
             let rec = h.record();
-            if !rec.state.running {
-                let _ = rootfs::unmount(&self.paths.container_rootfs(&rec.id));
-                continue;
-            }
-            let state_dir = self.paths.container_state_dir(&rec.id);
-            if shim::alive(&state_dir) && shim::socket(&state_dir).exists() {
-                tracing::info!(container_id = %rec.id, pid = rec.state.pid, "re-adopting running container");
-                self.spawn_monitor(h.clone());
-            } else {
+            let mut exited_meanwhile = false;
+            if rec.state.running {
+                let state_dir = self.paths.container_state_dir(&rec.id);
+                if shim::alive(&state_dir) && shim::socket(&state_dir).exists() {
+                    tracing::info!(container_id = %rec.id, pid = rec.state.pid, "re-adopting running container");
+                    self.health_start(&h);
+                    let _ = self.persist(&h);
+                    self.spawn_monitor(h.clone());
+                    continue;
+                }
                 tracing::warn!(container_id = %rec.id, "container's shim is gone; marking it exited");
                 let exit = shim::read_exit(&state_dir);
                 self.finish_exit(&h, exit);
+                exited_meanwhile = true;
+            } else {
+                let _ = rootfs::unmount(&self.paths.container_rootfs(&rec.id));
+                if rec.state.restarting {
+                    // The engine went away between two restarts.
+                    h.update(|r| {
+                        r.state.restarting = false;
+                        r.state.status = "exited".into();
+                    });
+                    let _ = self.persist(&h);
+                }
             }
+            let rec = h.record();
+            let start = rec.has_been_started && lifecycle::policy_restarts(&rec);
+            let auto_remove = exited_meanwhile && rec.host_config.get("AutoRemove").and_then(Value::as_bool).unwrap_or(false);
+            if !start && !auto_remove {
+                continue;
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                if !start {
+                    if let Err(e) = me.remove(&h.id, true, true).await {
+                        tracing::warn!(container_id = %h.id, error = %e, "auto-remove at start-up failed");
+                    }
+                    return;
+                }
+                let _op = h.op.lock().await;
+                let rec = h.record();
+                if rec.state.running || rec.state.status == "removing" {
+                    return;
+                }
+                tracing::info!(container_id = %h.id, "starting container for its restart policy");
+                // A start at daemon start-up is a fresh start for dockerd:
+                // the count and the manual stop are reset.
+                h.update(|r| {
+                    r.manually_stopped = false;
+                    r.restart_count = 0;
+                });
+                if let Err(e) = me.start_locked(&h).await {
+                    tracing::warn!(container_id = %h.id, error = %e, "start for restart policy failed");
+                }
+            });
+        }
+    }
+
+    /// Drops what the OCI runtime still records about a container whose
+    /// shim died without deleting it, so it can be created again (and no
+    /// process of it outlives a container recorded as exited).
+    pub(crate) fn forget_runtime_state(&self, rec: &Record) {
+        let Some(runtime) = self.runtime.runtimes.get(&rec.runtime) else { return };
+        let deleted = std::process::Command::new(runtime)
+            .arg("--root")
+            .arg(self.paths.runtime_root())
+            .args(["delete", "--force", &rec.id])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if let Err(e) = deleted {
+            tracing::warn!(container_id = %rec.id, error = %e, "runtime delete of a dead container");
         }
     }
 

@@ -87,7 +87,7 @@ pub async fn spawn(s: &ShimSpawn) -> Result<u32> {
         return pid.trim().parse().map_err(|_| Error::internal(format!("shim handshake: {line:?}")));
     }
     let msg = line.strip_prefix("error ").unwrap_or(if line.is_empty() { "shim exited without a handshake" } else { line });
-    Err(Error::internal(format!("OCI runtime create failed: {msg}")))
+    Err(Error::internal(format!("OCI runtime create failed: {}", docker_wording(msg))))
 }
 
 const UNIFIED: &str = "/sys/fs/cgroup/unified";
@@ -165,4 +165,29 @@ pub fn alive(state_dir: &Path) -> bool {
         return false;
     };
     rustix::process::Pid::from_raw(pid).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+}
+
+/// Rewrites crun's messages in the words runc and Go use, which is what the
+/// docker CLI matches to choose `docker run`'s exit code (127 for a missing
+/// executable or path, 126 for permission denied).
+fn docker_wording(msg: &str) -> String {
+    // crun: "executable file `x` not found in $PATH: No such file or directory"
+    if let Some(rest) = msg.strip_prefix("executable file `") {
+        if let Some((exe, _)) = rest.split_once("` not found in $PATH") {
+            return format!("exec: \"{exe}\": executable file not found in $PATH: unknown");
+        }
+    }
+    msg.replace("No such file or directory", "no such file or directory").replace("Permission denied", "permission denied")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn crun_errors_get_the_words_the_cli_maps_to_exit_codes() {
+        assert_eq!(
+            super::docker_wording("executable file `nope` not found in $PATH: No such file or directory"),
+            "exec: \"nope\": executable file not found in $PATH: unknown"
+        );
+        assert_eq!(super::docker_wording("chdir `/x`: No such file or directory"), "chdir `/x`: no such file or directory");
+    }
 }

@@ -870,7 +870,7 @@ impl Images {
     }
 
     /// Unpacks the uncompressed layer blob `diff_id` into the snapshot `chain`.
-    fn unpack_blob(&self, diff_id: &Digest, chain: &Digest, parent: Option<Digest>) -> Result<u64> {
+    pub(crate) fn unpack_blob(&self, diff_id: &Digest, chain: &Digest, parent: Option<Digest>) -> Result<u64> {
         let pending = self.snapshots.prepare().map_err(|e| Error::io("prepare snapshot", e))?;
         let blob = self.content.open_blob(diff_id).map_err(|e| Error::internal(e.to_string()))?;
         layer_tar::apply_layer(BufReader::new(blob), &pending.fs_dir(), &ApplyOptions::default())
@@ -919,7 +919,7 @@ impl Images {
         })
     }
 
-    fn layer_records(&self, diff_ids: &[Digest], existing: Option<&Image>) -> Result<Vec<LayerRecord>> {
+    pub(crate) fn layer_records(&self, diff_ids: &[Digest], existing: Option<&Image>) -> Result<Vec<LayerRecord>> {
         let chains = chain_ids(diff_ids);
         let mut out = Vec::with_capacity(diff_ids.len());
         for (i, (d, c)) in diff_ids.iter().zip(chains).enumerate() {
@@ -1413,7 +1413,11 @@ pub(crate) mod changes {
 
     /// Applies `changes` to an empty config.
     pub(crate) fn apply(changes: &[String]) -> Result<RunConfig, String> {
-        let mut cfg = RunConfig::default();
+        apply_to(RunConfig::default(), changes)
+    }
+
+    /// Applies `changes` to `cfg` (a container's config, for commit).
+    pub(crate) fn apply_to(mut cfg: RunConfig, changes: &[String]) -> Result<RunConfig, String> {
         if changes.is_empty() {
             return Ok(cfg);
         }
