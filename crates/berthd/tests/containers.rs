@@ -294,3 +294,23 @@ fn many_concurrent_lifecycle_calls_leave_a_consistent_state() {
     let shims = std::fs::read_dir(d.exec_root().join("c")).map(|r| r.count()).unwrap_or(0);
     assert_eq!(shims, 0, "shim state left behind");
 }
+
+#[test]
+fn init_read_only_shared_namespaces_and_oom() {
+    require!(Need::Root, Need::Registry);
+    let d = ready().expect("engine");
+    let ps = d.docker_ok(&["run", "--rm", "--init", "busybox", "ps", "-o", "pid,args"]);
+    assert!(ps.lines().any(|l| l.trim_start().starts_with("1 ") && l.contains("docker-init")), "{ps}");
+    let ro = d.docker(&["run", "--rm", "--read-only", "busybox", "touch", "/x"]);
+    assert_ne!(ro.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&ro.stderr).contains("Read-only file system"));
+    d.docker_ok(&["run", "-d", "--name", "host-ns", "busybox", "sleep", "1000"]);
+    let ps = d.docker_ok(&["run", "--rm", "--pid", "container:host-ns", "busybox", "ps", "-o", "args"]);
+    assert!(ps.contains("sleep 1000"), "{ps}");
+    d.docker_ok(&["rm", "-f", "host-ns"]);
+    let oom = d.docker(&["run", "--name", "hungry", "--memory", "8m", "busybox", "sh", "-c", "x=$(head -c 50000000 /dev/zero | tr '\\0' a)"]);
+    assert_eq!(oom.status.code(), Some(137));
+    assert_eq!(d.docker_ok(&["inspect", "-f", "{{.State.OOMKilled}} {{.State.ExitCode}}", "hungry"]).trim(), "true 137");
+    let err = d.docker_err(&["run", "--rm", "--memory", "1m", "busybox", "true"]);
+    assert!(err.contains("Minimum memory limit allowed is 6MB"), "{err}");
+}

@@ -193,10 +193,11 @@ impl Containers {
             ("resolv.conf", rootfs::resolv_conf(&host_resolv, &strings("Dns"), &strings("DnsSearch")), "/etc/resolv.conf"),
         ];
         let mut extra_mounts = Vec::new();
+        let read_only = rec.host_config.get("ReadonlyRootfs").and_then(Value::as_bool).unwrap_or(false);
         for (name, content, dest) in &files {
             let path = self.paths.container_etc_file(&id, name);
             std::fs::write(&path, content).map_err(|e| Error::io(format!("write {name}"), e))?;
-            extra_mounts.push(rootfs::bind_mount(&path, dest, false));
+            extra_mounts.push(rootfs::bind_mount(&path, dest, read_only));
         }
         let state_dir = self.state_dir(&id);
         let _ = std::fs::remove_dir_all(&state_dir);
@@ -212,7 +213,7 @@ impl Containers {
             cgroup_parent: "/berth",
             cgroup_v2: std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
             extra_mounts,
-            namespace_paths: spec::NamespacePaths::default(),
+            namespace_paths: self.namespace_paths(&rec)?,
             init_path: if use_init { self.runtime.init.as_deref() } else { None },
         };
         if use_init && self.runtime.init.is_none() {
@@ -247,6 +248,22 @@ impl Containers {
         }
         shim::request(&state_dir, json!({"op": "start"})).await?;
         Ok(pid)
+    }
+
+    /// Namespaces joined from another container (`--network`, `--ipc`,
+    /// `--pid` set to `container:<name or id>`): that container must run.
+    fn namespace_paths(&self, rec: &Record) -> Result<spec::NamespacePaths> {
+        let join = |key: &str, ns: &str| -> Result<Option<std::path::PathBuf>> {
+            let Some(target) = rec.host_config.get(key).and_then(Value::as_str).and_then(|m| m.strip_prefix("container:")) else {
+                return Ok(None);
+            };
+            let other = self.find(target)?.record();
+            if !other.state.running {
+                return Err(Error::conflict(format!("cannot join network namespace of a non running container: container {} is exited", other.id)));
+            }
+            Ok(Some(std::path::PathBuf::from(format!("/proc/{}/ns/{ns}", other.state.pid))))
+        };
+        Ok(spec::NamespacePaths { network: join("NetworkMode", "net")?, ipc: join("IpcMode", "ipc")?, pid: join("PidMode", "pid")? })
     }
 
     /// Watches a running container until it exits.
