@@ -45,6 +45,10 @@ struct Flags {
     /// Keep containers running when the daemon stops.
     #[arg(long)]
     live_restore: bool,
+    /// OCI runtime for containers that name none (crun, runc, youki, or a
+    /// name from daemon.json `runtimes`).
+    #[arg(long)]
+    default_runtime: Option<String>,
     /// Serve TCP addresses over TLS.
     #[arg(long)]
     tls: bool,
@@ -112,6 +116,8 @@ fn settings(flags: Flags) -> Result<Settings> {
         insecure_registries: if flags.insecure_registry.is_empty() { file.insecure_registries.clone().unwrap_or_default() } else { flags.insecure_registry },
         live_restore: flags.live_restore || file.live_restore == Some(true),
         hosts: hosts.iter().map(ToString::to_string).collect(),
+        default_runtime: flags.default_runtime.clone().or(file.default_runtime.clone()),
+        runtimes: file.runtimes.as_ref().map(berth_engine::config::runtime_paths).unwrap_or_default(),
     };
     let verify = flags.tlsverify || file.tlsverify == Some(true);
     let tls = if verify || flags.tls || file.tls == Some(true) {

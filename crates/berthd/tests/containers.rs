@@ -314,3 +314,41 @@ fn init_read_only_shared_namespaces_and_oom() {
     let err = d.docker_err(&["run", "--rm", "--memory", "1m", "busybox", "true"]);
     assert!(err.contains("Minimum memory limit allowed is 6MB"), "{err}");
 }
+
+#[test]
+fn a_dead_shim_marks_its_container_exited_and_releases_it() {
+    require!(Need::Root, Need::Registry);
+    let d = ready().expect("engine");
+    let id = d.docker_ok(&["run", "-d", "--name", "orphan", "busybox", "sleep", "1000"]);
+    let short = &id.trim()[..12];
+    let shim_pid = std::fs::read_to_string(d.exec_root().join("c").join(short).join("shim.pid")).expect("shim.pid");
+    let pid = d.docker_ok(&["inspect", "-f", "{{.State.Pid}}", "orphan"]).trim().to_owned();
+    let status = std::process::Command::new("kill").args(["-9", shim_pid.trim()]).status().expect("kill");
+    assert!(status.success());
+    assert_eq!(d.docker_ok(&["wait", "orphan"]).trim(), "255");
+    let state = d.docker_ok(&["inspect", "-f", "{{.State.Status}} {{.State.Running}}", "orphan"]);
+    assert_eq!(state.trim(), "exited false");
+    // The container's process went with it and nothing stays mounted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "container process survived its shim");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&format!("{}/merged", id.trim())), "rootfs still mounted");
+    d.docker_ok(&["start", "orphan"]);
+    assert_eq!(d.docker_ok(&["inspect", "-f", "{{.State.Running}}", "orphan"]).trim(), "true");
+    d.docker_ok(&["rm", "-f", "orphan"]);
+}
+
+#[test]
+fn runc_is_selectable_per_container() {
+    require!(Need::Root, Need::Registry);
+    let d = ready().expect("engine");
+    if !std::path::Path::new("/usr/sbin/runc").exists() {
+        return common::require!(Need::Root);
+    }
+    assert_eq!(d.docker_ok(&["run", "--rm", "--runtime", "runc", "busybox", "echo", "via runc"]).trim(), "via runc");
+    let err = d.docker_err(&["run", "--rm", "--runtime", "nope", "busybox", "true"]);
+    assert!(err.contains("unknown or invalid runtime name: nope"), "{err}");
+}

@@ -112,6 +112,18 @@ pub struct EngineConfig {
     pub live_restore: bool,
     /// Printed in `/info` as `DockerRootDir` etc.
     pub hosts: Vec<String>,
+    /// Runtime used when a container names none (`crun` when unset).
+    pub default_runtime: Option<String>,
+    /// Extra OCI runtimes by name (daemon.json `runtimes`: `{"name": {"path": "/usr/bin/x"}}`).
+    pub runtimes: BTreeMap<String, std::path::PathBuf>,
+}
+
+/// The `runtimes` map of daemon.json, paths only (runtime args are not
+/// supported).
+pub fn runtime_paths(map: &BTreeMap<String, serde_json::Value>) -> BTreeMap<String, std::path::PathBuf> {
+    map.iter()
+        .filter_map(|(k, v)| v.get("path").and_then(|p| p.as_str()).map(|p| (k.clone(), std::path::PathBuf::from(p))))
+        .collect()
 }
 
 #[cfg(test)]

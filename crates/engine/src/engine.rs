@@ -29,7 +29,7 @@ pub enum OpenError {
     AlreadyRunning(String, String),
     #[error("lock {path}: {source}")]
     Lock { path: String, source: std::io::Error },
-    #[error("registry settings: {0}")]
+    #[error("settings: {0}")]
     Registry(String),
     #[error("open {what}: {source}")]
     Store { what: &'static str, source: std::io::Error },
@@ -78,7 +78,15 @@ impl Engine {
         let shim = std::env::var_os("BERTH_SHIM").map(std::path::PathBuf::from).unwrap_or_else(|| {
             std::env::current_exe().map(|p| p.with_file_name("berth-shim")).unwrap_or_else(|_| "berth-shim".into())
         });
-        let containers = Containers::open(&paths, images.clone(), events.clone(), RuntimeConfig::detect(shim))
+        let mut runtime = RuntimeConfig::detect(shim);
+        runtime.runtimes.extend(config.runtimes.clone());
+        if let Some(d) = &config.default_runtime {
+            if !runtime.runtimes.contains_key(d) {
+                return Err(OpenError::Registry(format!("default runtime {d:?} is not a known runtime")));
+            }
+            runtime.default = d.clone();
+        }
+        let containers = Containers::open(&paths, images.clone(), events.clone(), runtime)
             .map_err(|source| OpenError::Store { what: "containers", source })?;
         let id = engine_id(&paths);
         Ok(Arc::new(Engine { config, paths, images, containers, events, id, _lock: lock }))
@@ -170,7 +178,7 @@ impl Engine {
             "ExperimentalBuild": false,
             "ServerVersion": env!("CARGO_PKG_VERSION"),
             "Runtimes": self.containers.runtime.runtimes.iter().map(|(k, v)| (k.clone(), serde_json::json!({"path": v}))).collect::<serde_json::Map<String, serde_json::Value>>(),
-            "DefaultRuntime": "crun",
+            "DefaultRuntime": self.containers.runtime.default,
             "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": false,
                       "Error": "", "RemoteManagers": null},
             "LiveRestoreEnabled": self.config.live_restore,

@@ -204,6 +204,7 @@ impl Containers {
         f: impl FnOnce(&Record, &Rootfs) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let _op = h.op.lock().await;
+        ensure_not_removed(h)?;
         let me = self.clone();
         let h = h.clone();
         tokio::task::spawn_blocking(move || {
@@ -227,10 +228,48 @@ impl Containers {
         f: impl FnOnce(&Record) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let _op = h.op.lock().await;
+        ensure_not_removed(h)?;
         let h = h.clone();
         tokio::task::spawn_blocking(move || f(&h.record()))
             .await
             .map_err(|e| Error::internal(format!("file operation task: {e}")))?
+    }
+
+    /// [`Containers::with_rootfs`] for an operation that streams: `f` runs on
+    /// a spawned task and calls `ready` once with what the caller needs
+    /// before the stream starts (or the error that stops it); this returns
+    /// that. A failure before `ready` (mounting, say) is returned too; one
+    /// after it is logged (`f` has cut the stream off). `on_success` runs
+    /// when `f` finished without error.
+    async fn stream_with_rootfs<T: Send + 'static>(
+        self: &Arc<Self>,
+        h: &Arc<Handle>,
+        what: &'static str,
+        f: impl FnOnce(&Record, &Rootfs, &dyn Fn(Result<T>) -> bool) -> Result<()> + Send + 'static,
+        on_success: impl FnOnce() + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel::<Result<T>>();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let ready = {
+            let tx = tx.clone();
+            move |r: Result<T>| match tx.lock().expect("ready sender lock").take() {
+                Some(s) => s.send(r).is_ok(),
+                None => false,
+            }
+        };
+        let (me, h) = (self.clone(), h.clone());
+        tokio::spawn(async move {
+            match me.with_rootfs(&h, move |rec, fs| f(rec, fs, &ready)).await {
+                Ok(()) => on_success(),
+                Err(e) => match tx.lock().expect("ready sender lock").take() {
+                    Some(s) => {
+                        let _ = s.send(Err(e));
+                    }
+                    None => tracing::warn!(container_id = %h.id, error = %e, "{what} broke off"),
+                },
+            }
+        });
+        rx.await.map_err(|_| Error::internal(format!("{what} ended early")))?
     }
 
     /// `HEAD /containers/{id}/archive?path=`: what `path` is inside the
@@ -254,55 +293,25 @@ impl Containers {
         let h = self.find(name_or_id)?;
         let (name, path) = (name_or_id.to_owned(), path.to_owned());
         let (tx, rx) = mpsc::channel(8);
-        let (stat_tx, stat_rx) = oneshot::channel::<Result<PathStat>>();
-        let stat_tx = Arc::new(Mutex::new(Some(stat_tx)));
-        let me = self.clone();
-        let task_stat_tx = stat_tx.clone();
-        let task_h = h.clone();
-        tokio::spawn(async move {
-            let result = me
-                .with_rootfs(&task_h, move |_, fs| {
-                    let abs = container_abs_path(&path);
-                    let target = Target::resolve(fs.root.as_fd(), &abs).map_err(|e| path_error(e, &path, &name));
-                    let send = |r| task_stat_tx.lock().expect("stat sender lock").take().map(|s| s.send(r));
-                    let target = match target {
-                        Ok(t) => t,
-                        Err(e) => {
-                            send(Err(e));
-                            return Ok(());
-                        }
-                    };
-                    if !matches!(send(Ok(target.stat.clone())), Some(Ok(()))) {
-                        return Ok(());
-                    }
-                    let mut out = ChunkWriter::new(tx);
-                    let packed = archive::write_tar_of_entry(
-                        target.parent.as_fd(),
-                        &target.name,
-                        target.stat_name().as_bytes(),
-                        Path::new(&abs),
-                        &mut out,
-                        &PackOptions::default(),
-                    );
-                    match packed.map_err(io::Error::other).and_then(|()| out.finish()) {
-                        Ok(()) => Ok(()),
-                        Err(e) => {
-                            out.fail(&e);
-                            Err(Error::internal(format!("archive {abs}: {}", error_chain(&e))))
-                        }
-                    }
-                })
-                .await;
-            if let Err(e) = result {
-                match stat_tx.lock().expect("stat sender lock").take() {
-                    Some(s) => {
-                        let _ = s.send(Err(e));
-                    }
-                    None => tracing::warn!(container_id = %task_h.id, error = %e, "archive broke off"),
+        let pack = move |_: &Record, fs: &Rootfs, ready: &dyn Fn(Result<PathStat>) -> bool| {
+            let abs = container_abs_path(&path);
+            let target = match Target::resolve(fs.root.as_fd(), &abs) {
+                Ok(t) => t,
+                Err(e) => {
+                    ready(Err(path_error(e, &path, &name)));
+                    return Ok(());
                 }
+            };
+            if !ready(Ok(target.stat.clone())) {
+                return Ok(());
             }
-        });
-        let stat = stat_rx.await.map_err(|_| Error::internal("archive task ended early"))??;
+            let mut out = ChunkWriter::new(tx);
+            let shown = Path::new(&abs);
+            let opts = PackOptions::default();
+            let packed = archive::write_tar_of_entry(target.parent.as_fd(), &target.name, target.stat_name().as_bytes(), shown, &mut out, &opts);
+            out.end(packed).map_err(|e| Error::internal(format!("archive {abs}: {}", error_chain(&e))))
+        };
+        let stat = self.stream_with_rootfs(&h, "archive", pack, || {}).await?;
         self.event(&h, "archive-path", &[]);
         Ok((stat, rx))
     }
@@ -361,30 +370,16 @@ impl Containers {
     pub async fn export(self: &Arc<Self>, name_or_id: &str) -> Result<TarStream> {
         let h = self.find(name_or_id)?;
         let (tx, rx) = mpsc::channel(8);
-        let (ready_tx, ready_rx) = oneshot::channel::<()>();
-        let me = self.clone();
-        tokio::spawn(async move {
-            let result = me
-                .with_rootfs(&h, move |_, fs| {
-                    let _ = ready_tx.send(());
-                    let mut out = ChunkWriter::new(tx);
-                    let packed = archive::write_tar_of_dir(&fs.dir, &mut out, &PackOptions::default());
-                    match packed.map_err(io::Error::other).and_then(|()| out.finish()) {
-                        Ok(()) => Ok(()),
-                        Err(e) => {
-                            out.fail(&e);
-                            Err(Error::internal(error_chain(&e)))
-                        }
-                    }
-                })
-                .await;
-            match result {
-                Ok(()) => me.event(&h, "export", &[]),
-                Err(e) => tracing::warn!(container_id = %h.id, error = %e, "export broke off"),
+        let pack = move |_: &Record, fs: &Rootfs, ready: &dyn Fn(Result<()>) -> bool| {
+            if !ready(Ok(())) {
+                return Ok(());
             }
-        });
-        // A failure to mount shows as an aborted body; the CLI reports it.
-        let _ = ready_rx.await;
+            let mut out = ChunkWriter::new(tx);
+            let packed = archive::write_tar_of_dir(&fs.dir, &mut out, &PackOptions::default());
+            out.end(packed).map_err(|e| Error::internal(format!("export: {}", error_chain(&e))))
+        };
+        let (me, done) = (self.clone(), h.clone());
+        self.stream_with_rootfs(&h, "export", pack, move || me.event(&done, "export", &[])).await?;
         Ok(rx)
     }
 
@@ -668,6 +663,14 @@ fn resolve_lexically(root: BorrowedFd<'_>, path: &str) -> io::Result<String> {
     Ok(format!("/{}", done.into_iter().map(|(c, _)| c).collect::<Vec<_>>().join("/")))
 }
 
+/// A container removed while the caller waited for its op lock is gone.
+fn ensure_not_removed(h: &Handle) -> Result<()> {
+    if *h.removed.borrow() {
+        return Err(Error::not_found(format!("No such container: {}", h.id)));
+    }
+    Ok(())
+}
+
 /// Maps a failure to reach `path` to dockerd's errors.
 fn path_error(e: impl Into<io::Error>, path: &str, container: &str) -> Error {
     let e: io::Error = e.into();
@@ -792,16 +795,18 @@ impl ChunkWriter {
         self.tx.blocking_send(Ok(chunk)).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
     }
 
-    /// Sends what is buffered: the tar is complete.
-    fn finish(&mut self) -> io::Result<()> {
-        self.send()
-    }
-
-    /// Ends the stream with an error, so the response is cut off rather
-    /// than ending as if the tar were complete.
-    fn fail(&mut self, e: &io::Error) {
-        self.buf.clear();
-        let _ = self.tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+    /// Ends the stream after the packer's `result`: sends what is buffered
+    /// if it succeeded; otherwise sends an error, so the response is cut
+    /// off rather than ending as if the tar were complete.
+    fn end(&mut self, result: std::result::Result<(), ArchiveError>) -> io::Result<()> {
+        match result.map_err(|e| io::Error::other(error_chain(&e))).and_then(|()| self.send()) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.buf.clear();
+                let _ = self.tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+                Err(e)
+            }
+        }
     }
 }
 
@@ -1289,6 +1294,89 @@ mod tests {
         assert_eq!(cfg["StopTimeout"], json!(3));
         let err = commit_config(&container, None, &["RUN x".to_owned()]).unwrap_err();
         assert!(err.message.contains("run is not a valid change command"), "{}", err.message);
+    }
+
+    /// A tar of `(name, contents)`; a name ending in `/` is a directory.
+    fn tar_of(entries: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_path(name).unwrap();
+            h.set_mode(0o755);
+            if name.ends_with('/') {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+            } else {
+                h.set_size(data.len() as u64);
+            }
+            h.set_cksum();
+            b.append(&h, data.as_bytes()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn names(tar: &[u8]) -> Vec<String> {
+        tar::Archive::new(tar).entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect()
+    }
+
+    fn cp_options() -> ApplyOptions {
+        ApplyOptions { whiteouts: false, no_replace_dir_non_dir: true, ..ApplyOptions::default() }
+    }
+
+    #[test]
+    fn copied_archives_keep_whiteout_names_as_plain_files() {
+        let dest = tempfile::tempdir().unwrap();
+        let tar = tar_of(&[("d/", ""), ("d/.wh.gone", "w"), ("d/.wh..wh..opq", "o"), (".wh.x", "x")]);
+        archive::apply_layer(&tar[..], dest.path(), &cp_options()).unwrap();
+        for f in ["d/.wh.gone", "d/.wh..wh..opq", ".wh.x"] {
+            assert!(dest.path().join(f).is_file(), "{f} should be a plain file");
+        }
+    }
+
+    #[test]
+    fn copies_refuse_to_swap_directories_and_files() {
+        let dest = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dest.path().join("dir")).unwrap();
+        std::fs::write(dest.path().join("file"), "f").unwrap();
+        let err = archive::apply_layer(&tar_of(&[("dir", "x")])[..], dest.path(), &cp_options()).unwrap_err();
+        assert!(matches!(err, ArchiveError::ValidateEntry { reason: Rejection::ReplaceDirectory, .. }), "{err:?}");
+        assert_eq!(extract_error(&err, "/d").message, r#"cannot overwrite directory "/d/dir" with non-directory "/d""#);
+        let err = archive::apply_layer(&tar_of(&[("file/", "")])[..], dest.path(), &cp_options()).unwrap_err();
+        assert!(matches!(err, ArchiveError::ValidateEntry { reason: Rejection::ReplaceNonDirectory, .. }), "{err:?}");
+        assert!(dest.path().join("dir").is_dir() && dest.path().join("file").is_file());
+    }
+
+    #[test]
+    fn extraction_through_a_container_symlink_is_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dest.path().join("link")).unwrap();
+        let root = rfs::open(dest.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let dir = open_in_root(root.as_fd(), "/", true).unwrap();
+        let via_fd = format!("/proc/self/fd/{}", dir.as_raw_fd());
+        let err = archive::apply_layer(&tar_of(&[("link/x", "x")])[..], Path::new(&via_fd), &cp_options()).unwrap_err();
+        assert!(matches!(err, ArchiveError::ValidateEntry { reason: Rejection::SymlinkInPath { .. }, .. }), "{err:?}");
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none(), "wrote outside");
+    }
+
+    #[test]
+    fn entries_are_archived_under_their_base_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("d/sub")).unwrap();
+        std::fs::write(dir.path().join("d/sub/f"), "f").unwrap();
+        let root = rfs::open(dir.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let pack = |parent: &str, name: &str, as_name: &str| {
+            let parent = open_in_root(root.as_fd(), parent, true).unwrap();
+            let mut out = Vec::new();
+            archive::write_tar_of_entry(parent.as_fd(), name.as_bytes(), as_name.as_bytes(), Path::new("/"), &mut out, &PackOptions::default()).unwrap();
+            names(&out)
+        };
+        assert_eq!(pack("/", "d", "d"), ["d/", "d/sub/", "d/sub/f"]);
+        assert_eq!(pack("/d/sub", "f", "f"), ["f"]);
+        assert_eq!(pack("/d", ".", "."), ["./", "./sub/", "./sub/f"]);
+        assert_eq!(pack("/d/sub", ".", ""), ["/", "/f"]);
+        let missing = open_in_root(root.as_fd(), "/", true).unwrap();
+        assert!(archive::write_tar_of_entry(missing.as_fd(), b"nope", b"nope", Path::new("/"), Vec::new(), &PackOptions::default()).is_err());
     }
 
     #[test]

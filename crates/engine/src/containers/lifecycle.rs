@@ -294,6 +294,19 @@ impl Containers {
     /// Records an exit: state, unmount, event, waiters.
     pub(crate) fn finish_exit(&self, h: &Arc<Handle>, exit: Option<shim::ExitRecord>) {
         let id = h.id.clone();
+        if exit.is_none() {
+            // The shim died without recording an exit: its container must
+            // not run on unsupervised.
+            let rec = h.record();
+            // Only if that PID is still this container's (its cgroup names
+            // the container): after a reboot the number means nothing.
+            let ours = std::fs::read_to_string(format!("/proc/{}/cgroup", rec.state.pid)).is_ok_and(|c| c.contains(&id));
+            if rec.state.pid > 0 && ours {
+                if let Some(pid) = rustix::process::Pid::from_raw(rec.state.pid as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        }
         let (code, oom, at) = match &exit {
             Some(e) => (e.exit_code, e.oom_killed, e.exited_at.clone().unwrap_or_else(crate::timefmt::now_rfc3339)),
             None => (255, false, crate::timefmt::now_rfc3339()),

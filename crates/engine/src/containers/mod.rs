@@ -789,7 +789,11 @@ fn status_text(s: &State, started: bool) -> String {
     let ago = |t: &str| crate::timefmt::parse_rfc3339(t).map(|(secs, _)| human_duration(now - secs)).unwrap_or_default();
     if s.running {
         let paused = if s.paused { " (Paused)" } else { "" };
-        let health = s.health.as_ref().and_then(|h| h.get("Status")).and_then(Value::as_str).map(|h| format!(" ({h})")).unwrap_or_default();
+        let health = match s.health.as_ref().and_then(|h| h.get("Status")).and_then(Value::as_str) {
+            Some("starting") => " (health: starting)".to_owned(),
+            Some(h) if !h.is_empty() && h != "none" => format!(" ({h})"),
+            _ => String::new(),
+        };
         return format!("Up {}{paused}{health}", ago(&s.started_at));
     }
     if s.restarting {
