@@ -352,3 +352,16 @@ fn runc_is_selectable_per_container() {
     let err = d.docker_err(&["run", "--rm", "--runtime", "nope", "busybox", "true"]);
     assert!(err.contains("unknown or invalid runtime name: nope"), "{err}");
 }
+
+#[test]
+fn detach_keys_leave_an_interactive_container_running() {
+    require!(Need::Root, Need::Registry);
+    let d = ready().expect("engine");
+    d.docker_ok(&["create", "-it", "--name", "session", "busybox", "sh"]);
+    // `docker start -ai` through a pipe: commands, then ctrl-p ctrl-q.
+    let out = d.docker_stdin(&["start", "-ai", "session"], b"echo hello-from-session\n\x10\x11");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hello-from-session"), "{text}");
+    assert_eq!(d.docker_ok(&["inspect", "-f", "{{.State.Running}}", "session"]).trim(), "true");
+    d.docker_ok(&["rm", "-f", "session"]);
+}

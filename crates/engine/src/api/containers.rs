@@ -197,6 +197,91 @@ fn hijacked(tty: bool) -> Response {
     resp
 }
 
+/// Docker's detach-key syntax: comma-separated `ctrl-<c>` or single
+/// characters (`ctrl-p,ctrl-q`).
+fn parse_detach_keys(spec: &str) -> Result<Vec<u8>> {
+    let bad = || Error::invalid(format!("Invalid detach keys ({spec}) provided"));
+    spec.split(',')
+        .map(|k| {
+            let k = k.trim();
+            match k.strip_prefix("ctrl-") {
+                Some(c) if c.len() == 1 => {
+                    let c = c.as_bytes()[0].to_ascii_lowercase();
+                    match c {
+                        b'a'..=b'z' => Ok(c - b'a' + 1),
+                        b'@' => Ok(0),
+                        b'[' => Ok(27),
+                        b'\\' => Ok(28),
+                        b']' => Ok(29),
+                        b'^' => Ok(30),
+                        b'_' => Ok(31),
+                        _ => Err(bad()),
+                    }
+                }
+                Some(_) => Err(bad()),
+                None if k.len() == 1 => Ok(k.as_bytes()[0]),
+                None => Err(bad()),
+            }
+        })
+        .collect()
+}
+
+/// Joins a client to a container with stdin, watching the client's input
+/// for the detach sequence: on it the client is let go and the container
+/// keeps running. Bytes that only start the sequence are held back until
+/// it is clear they are not it.
+async fn pump_with_detach_keys<C>(client: C, shim: tokio::net::UnixStream, keys: Vec<u8>)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut shim_r, mut shim_w) = shim.into_split();
+    let output = async {
+        let _ = tokio::io::copy(&mut shim_r, &mut client_w).await;
+        let _ = client_w.shutdown().await;
+    };
+    let input = async {
+        let mut buf = [0u8; 8192];
+        let mut matched = 0usize;
+        loop {
+            let n = match client_r.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = shim_w.shutdown().await;
+                    // Stdin is done; output goes on until the container ends.
+                    return std::future::pending::<()>().await;
+                }
+                Ok(n) => n,
+            };
+            let mut out = Vec::with_capacity(n);
+            for &b in &buf[..n] {
+                if !keys.is_empty() && b == keys[matched] {
+                    matched += 1;
+                    if matched == keys.len() {
+                        let _ = shim_w.write_all(&out).await;
+                        return;
+                    }
+                    continue;
+                }
+                out.extend_from_slice(&keys[..matched]);
+                matched = 0;
+                if !keys.is_empty() && b == keys[0] {
+                    matched = 1;
+                    continue;
+                }
+                out.push(b);
+            }
+            if shim_w.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = output => {}
+        _ = input => {}
+    }
+}
+
 /// Hijacks the connection and joins it to the container's stdio.
 async fn attach(engine: Arc<Engine>, id: &str, params: &Params, mut req: Request) -> Result<Response> {
     let stream = params.bool("stream");
@@ -205,6 +290,7 @@ async fn attach(engine: Arc<Engine>, id: &str, params: &Params, mut req: Request
     if !stream && !logs {
         return Err(Error::invalid("Bad parameters: you must choose at least one stream"));
     }
+    let detach_keys = parse_detach_keys(params.get("detachKeys").filter(|k| !k.is_empty()).unwrap_or("ctrl-p,ctrl-q"))?;
     let (rec, shim_rx) = engine.containers.attach(id, stdin, stdout, stderr).await?;
     let upgrade = hyper::upgrade::on(&mut req);
     let tty = rec.tty();
@@ -212,6 +298,7 @@ async fn attach(engine: Arc<Engine>, id: &str, params: &Params, mut req: Request
         let Ok(upgraded) = upgrade.await else { return };
         let mut client = TokioIo::new(upgraded);
         match shim_rx.await {
+            Ok(Ok(shim)) if stdin => pump_with_detach_keys(client, shim, detach_keys).await,
             Ok(Ok(mut shim)) => {
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut shim).await;
             }
@@ -292,7 +379,9 @@ pub(super) async fn exec_json(State(engine): AppState, Path(id): Path<String>) -
     Ok(ok_json(&engine.containers.exec_inspect(&id)?))
 }
 
-pub(super) async fn exec_resize(State(engine): AppState, Path(id): Path<String>) -> Result<Response> {
-    engine.containers.exec_exists(&id)?;
+pub(super) async fn exec_resize(State(engine): AppState, Path(id): Path<String>, params: Params) -> Result<Response> {
+    let h = int_param(&params, "h")?.unwrap_or(0).clamp(0, u16::MAX as i64) as u16;
+    let w = int_param(&params, "w")?.unwrap_or(0).clamp(0, u16::MAX as i64) as u16;
+    engine.containers.exec_resize(&id, w, h).await?;
     Ok(StatusCode::OK.into_response())
 }

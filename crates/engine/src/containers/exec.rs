@@ -146,9 +146,14 @@ impl Containers {
         }))
     }
 
-    /// `POST /exec/{id}/resize`: not routed to the exec's own pty yet, so
-    /// it is accepted and ignored when the exec has no terminal.
-    pub fn exec_exists(&self, exec_id: &str) -> Result<()> {
-        self.find_exec(exec_id).map(|_| ())
+    /// `POST /exec/{id}/resize`: sets the exec's terminal size.
+    pub async fn exec_resize(&self, exec_id: &str, width: u16, height: u16) -> Result<()> {
+        let exec = self.find_exec(exec_id)?;
+        let st = exec.state.lock().expect("exec state poisoned").clone();
+        if !st.running {
+            return Err(Error::conflict(format!("Exec {exec_id} is not running")));
+        }
+        let state_dir = self.paths.container_state_dir(&exec.container);
+        shim::request(&state_dir, json!({"op": "resize", "width": width, "height": height, "exec_pid": st.pid})).await.map(|_| ())
     }
 }

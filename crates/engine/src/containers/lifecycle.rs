@@ -570,7 +570,10 @@ impl Containers {
     pub async fn attach(self: &Arc<Self>, name_or_id: &str, stdin: bool, stdout: bool, stderr: bool) -> Result<(Record, tokio::sync::oneshot::Receiver<Result<tokio::net::UnixStream>>)> {
         let h = self.find(name_or_id)?;
         let rec = h.record();
-        let request = json!({"op": "attach", "stdin": stdin, "stdout": stdout, "stderr": stderr});
+        // dockerd closes the container's stdin when the client's ends only
+        // for StdinOnce without a TTY; a detached `-it` session goes on.
+        let stdin_once = rec.config.get("StdinOnce").and_then(Value::as_bool).unwrap_or(false) && !rec.tty();
+        let request = json!({"op": "attach", "stdin": stdin, "stdout": stdout, "stderr": stderr, "stdin_once": stdin_once});
         let (tx, rx) = tokio::sync::oneshot::channel();
         if rec.state.running {
             let stream = shim::open_stream(&self.state_dir(&rec.id), request).await.map(|(_, s)| s);
