@@ -365,3 +365,53 @@ fn detach_keys_leave_an_interactive_container_running() {
     assert_eq!(d.docker_ok(&["inspect", "-f", "{{.State.Running}}", "session"]).trim(), "true");
     d.docker_ok(&["rm", "-f", "session"]);
 }
+
+#[test]
+fn run_options_reach_the_process_as_with_dockerd() {
+    require!(Need::Root, Need::Registry, Need::Reference);
+    let d = ready().expect("engine");
+    let r = common::reference().expect("required");
+    r.docker_ok(&["pull", "-q", "busybox"]);
+    let env_file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(env_file.path(), "FROM_FILE=1\n# comment\n").expect("write");
+    let script = "echo $FOO $FROM_FILE; hostname; pwd; id -u; ulimit -n; df -k /dev/shm | tail -1 | awk '{print $2}'; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; ls -l /dev/fuse-test 2>/dev/null | cut -c1";
+    let args = [
+        "-e", "FOO=bar", "--env-file", env_file.path().to_str().expect("utf8"), "--hostname", "myhost", "-w", "/tmp",
+        "-u", "0", "--ulimit", "nofile=1024:2048", "--shm-size", "16m", "--pids-limit", "50",
+        "--device", "/dev/null:/dev/fuse-test", "--entrypoint", "sh", "busybox", "-c", script,
+    ];
+    let (ours, theirs) = (run_out(&d, &args), run_out(&r, &args));
+    assert_eq!(ours, theirs);
+    assert!(ours.1.starts_with("bar 1\nmyhost\n/tmp\n0\n1024\n16384\n50\nc"), "{}", ours.1);
+}
+
+#[test]
+fn logs_follow_rotation_and_container_events() {
+    require!(Need::Root, Need::Registry);
+    let d = ready().expect("engine");
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() - 1;
+    // Rotation: 1 KiB files, at most 2 of them.
+    d.docker_ok(&["run", "--name", "chatty", "--log-opt", "max-size=1k", "--log-opt", "max-file=2", "busybox", "sh", "-c", "for i in $(seq 1 200); do echo line-$i; done"]);
+    let logs = d.docker_ok(&["logs", "chatty"]);
+    assert!(logs.ends_with("line-200\n"), "{logs}");
+    assert!(!logs.contains("line-1\n"), "old lines should have rotated away");
+    let inspect = d.docker_ok(&["inspect", "-f", "{{.LogPath}}", "chatty"]);
+    assert!(std::path::Path::new(&format!("{}.1", inspect.trim())).exists());
+    assert!(!std::path::Path::new(&format!("{}.2", inspect.trim())).exists());
+    // Follow ends when the container does.
+    d.docker_ok(&["run", "-d", "--name", "brief", "busybox", "sh", "-c", "echo a; sleep 1; echo b"]);
+    let followed = d.docker_ok(&["logs", "-f", "brief"]);
+    assert_eq!(followed, "a\nb\n");
+    // attach to a running container sees its later output.
+    d.docker_ok(&["run", "-di", "--name", "talker", "busybox", "sh", "-c", "read x; echo got-$x"]);
+    let out = d.docker_stdin(&["attach", "talker"], b"ping\n");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("got-ping"), "{out:?}");
+    d.docker_ok(&["rm", "-f", "chatty", "brief", "talker"]);
+    let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 1;
+    let events = d.docker_ok(&["events", "--since", &since.to_string(), "--until", &until.to_string(), "--filter", "container=brief", "--format", "{{.Action}}"]);
+    let actions: Vec<&str> = events.lines().collect();
+    assert_eq!(actions, ["create", "start", "die", "kill", "destroy"].iter().filter(|a| events.contains(*a)).copied().collect::<Vec<_>>());
+    for a in ["create", "start", "die", "destroy"] {
+        assert!(actions.contains(&a), "{a} missing: {actions:?}");
+    }
+}
