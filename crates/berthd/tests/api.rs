@@ -52,6 +52,19 @@ fn docker_cli_negotiates_current_and_old_api_versions() {
     let out = d.docker_command(&["version", "--format", "{{.Client.APIVersion}}"]).env("DOCKER_API_VERSION", "1.41").output().expect("docker");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1.41");
+    // And so does Debian's docker 20.10 client itself, next to the 28.x one.
+    if std::path::Path::new(common::DOCKER_20_10).exists() && common::docker_cli() != common::DOCKER_20_10 {
+        let out = std::process::Command::new(common::DOCKER_20_10)
+            .args(["-H", d.host(), "version", "--format", "{{.Client.Version}} {{.Server.APIVersion}}"])
+            .env("DOCKER_CONFIG", d.docker_config())
+            .output()
+            .expect("docker 20.10");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("20.10") && text.trim().ends_with("1.47"), "{text}");
+    }
+    let v = d.docker_ok(&["version", "--format", "{{.Client.Version}}"]);
+    assert!(v.starts_with("28.") || common::docker_cli() == common::DOCKER_20_10, "tests should drive the 28.x CLI: {v}");
     let info = d.docker_ok(&["info", "--format", "{{.OSType}} {{.Driver}} {{.DockerRootDir}}"]);
     assert_eq!(info.trim(), format!("linux overlay2 {}", d.data_root().display()));
 }
@@ -169,7 +182,7 @@ fn tcp_with_mutual_tls_accepts_only_clients_with_a_signed_certificate() {
     // An empty config dir: the CLI would otherwise find cert.pem there.
     let config = tempfile::tempdir().expect("tempdir");
     let docker = |args: &[&str]| {
-        std::process::Command::new(common::DOCKER).env("DOCKER_CONFIG", config.path()).env_remove("DOCKER_CERT_PATH").args(args).output().expect("docker")
+        std::process::Command::new(common::docker_cli()).env("DOCKER_CONFIG", config.path()).env_remove("DOCKER_CERT_PATH").args(args).output().expect("docker")
     };
     let ca = p("ca.pem");
     let (cert, key) = (p("cert.pem"), p("key.pem"));

@@ -31,8 +31,24 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The docker CLI the tests drive: the acceptance client.
-pub const DOCKER: &str = "/usr/bin/docker";
+/// The docker CLI the tests drive, the acceptance client: the machine's
+/// docker CLI 28.x (/usr/local/bin), else Debian's 20.10 client that comes
+/// with docker.io (/usr/bin); `BERTH_TEST_DOCKER` overrides.
+pub fn docker_cli() -> &'static str {
+    static CLI: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CLI.get_or_init(|| {
+        non_empty_env("BERTH_TEST_DOCKER").unwrap_or_else(|| {
+            ["/usr/local/bin/docker", "/usr/bin/docker"]
+                .iter()
+                .find(|p| Path::new(p).exists())
+                .unwrap_or(&"/usr/bin/docker")
+                .to_string()
+        })
+    })
+}
+
+/// Debian's docker.io client (20.10), for checking older clients negotiate.
+pub const DOCKER_20_10: &str = "/usr/bin/docker";
 
 /// How long a daemon gets to answer `/_ping` after it is spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,7 +102,7 @@ pub enum Need {
     Registry,
     /// `BERTH_TEST_REFERENCE_HOST`: the reference dockerd.
     Reference,
-    /// The docker CLI at [`DOCKER`].
+    /// The docker CLI at [`docker_cli`].
     DockerCli,
 }
 
@@ -96,7 +112,7 @@ impl Need {
             Need::Root => is_root(),
             Need::Registry => registry().is_some(),
             Need::Reference => reference().is_some(),
-            Need::DockerCli => Path::new(DOCKER).exists(),
+            Need::DockerCli => Path::new(docker_cli()).exists(),
         };
         if ok {
             return None;
@@ -107,7 +123,7 @@ impl Need {
             Need::Reference => {
                 "needs BERTH_TEST_REFERENCE_HOST (run: eval \"$(scripts/test-env start)\")"
             }
-            Need::DockerCli => "needs the docker CLI at /usr/bin/docker (scripts/install-deps)",
+            Need::DockerCli => "needs the docker CLI (/usr/local/bin/docker, or /usr/bin/docker from scripts/install-deps)",
         })
     }
 }
@@ -194,7 +210,7 @@ impl Client {
     /// A `docker` command aimed at this daemon, for cases the helpers below
     /// do not cover (a custom stdin, a spawned `docker events`).
     pub fn docker_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(DOCKER);
+        let mut cmd = Command::new(docker_cli());
         cmd.arg("-H").arg(&self.host).args(args);
         cmd.env("DOCKER_CONFIG", &self.config_dir)
             .env("DOCKER_CLI_HINTS", "false")
@@ -312,7 +328,7 @@ fn run_bounded(mut cmd: Command, input: Option<&[u8]>, args: &[&str]) -> Output 
     .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {DOCKER}: {e}"));
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", docker_cli()));
     let feeder = input.map(|data| {
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let data = data.to_vec();
