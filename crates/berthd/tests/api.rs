@@ -145,7 +145,7 @@ fn tcp_is_served_on_loopback_only() {
         .expect("berthd");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to listen on tcp://0.0.0.0:23750 without TLS"));
-    let port = 20000 + (std::process::id() % 20000);
+    let port = free_port();
     let d = Berthd::start_with(&["-H", &format!("tcp://127.0.0.1:{port}")]);
     let (status, _, body) = common::http_tcp(&format!("127.0.0.1:{port}"), "GET", "/_ping", None, &[]);
     assert_eq!(status, 200);
@@ -176,7 +176,7 @@ fn tcp_with_mutual_tls_accepts_only_clients_with_a_signed_certificate() {
     let certs = tempfile::tempdir().expect("tempdir");
     make_certs(certs.path());
     let p = |f: &str| certs.path().join(f).to_str().expect("utf8").to_owned();
-    let port = 40000 + (std::process::id() % 20000);
+    let port = free_port();
     let addr = format!("tcp://127.0.0.1:{port}");
     let d = Berthd::start_with(&["--tlsverify", "--tlscacert", &p("ca.pem"), "--tlscert", &p("server.pem"), "--tlskey", &p("server-key.pem"), "-H", &addr]);
     // An empty config dir: the CLI would otherwise find cert.pem there.
@@ -196,4 +196,10 @@ fn tcp_with_mutual_tls_accepts_only_clients_with_a_signed_certificate() {
     let plain = docker(&["-H", &addr, "version", "--format", "{{.Server.APIVersion}}"]);
     assert!(!String::from_utf8_lossy(&plain.stdout).contains("1.47"));
     drop(d);
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
 }

@@ -111,7 +111,7 @@ impl Need {
         let ok = match self {
             Need::Root => is_root(),
             Need::Registry => registry().is_some(),
-            Need::Reference => reference().is_some(),
+            Need::Reference => non_empty_env("BERTH_TEST_REFERENCE_HOST").is_some(),
             Need::DockerCli => Path::new(docker_cli()).exists(),
         };
         if ok {
@@ -859,13 +859,22 @@ fn unescape_mountinfo(s: &str) -> String {
 
 /// The reference dockerd (`BERTH_TEST_REFERENCE_HOST`), with its own private
 /// DOCKER_CONFIG. Derefs to its [`Client`].
+///
+/// The reference engine is shared by every test of a test binary, and tests
+/// run in parallel threads: one test's `rmi` must not pull the rug from
+/// under another's `inspect`. So a `Reference` holds a process-wide lock for
+/// its life: tests that compare with dockerd take turns.
 pub struct Reference {
     client: Client,
     _config: tempfile::TempDir,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+static REFERENCE_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Reference {
     fn new(host: String) -> Reference {
+        let turn = REFERENCE_TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let config = tempfile::Builder::new()
             .prefix("berth-ref-cli-")
             .tempdir()
@@ -873,6 +882,7 @@ impl Reference {
         Reference {
             client: Client::new(host, config.path().to_path_buf()),
             _config: config,
+            _turn: turn,
         }
     }
 }
