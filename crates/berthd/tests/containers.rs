@@ -358,10 +358,23 @@ fn detach_keys_leave_an_interactive_container_running() {
     require!(Need::Root, Need::Registry);
     let d = ready().expect("engine");
     d.docker_ok(&["create", "-it", "--name", "session", "busybox", "sh"]);
-    // `docker start -ai` through a pipe: commands, then ctrl-p ctrl-q.
-    let out = d.docker_stdin(&["start", "-ai", "session"], b"echo hello-from-session\n\x10\x11");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("hello-from-session"), "{text}");
+    // `docker start -ai` through a pipe: a command, its answer, then
+    // ctrl-p ctrl-q.
+    use std::io::{BufRead, Write};
+    let mut child = d
+        .docker_command(&["start", "-ai", "session"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker start -ai");
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin.write_all(b"echo hello-from-$((20+3))\n").expect("write command");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    // The tty echoes the command; the answer has the computed number.
+    assert!(lines.by_ref().map_while(Result::ok).any(|l| l.contains("hello-from-23")), "no answer from the shell");
+    stdin.write_all(b"\x10\x11").expect("write detach keys");
+    let status = child.wait().expect("wait");
+    assert!(status.success() || status.code() == Some(1), "{status:?}");
     assert_eq!(d.docker_ok(&["inspect", "-f", "{{.State.Running}}", "session"]).trim(), "true");
     d.docker_ok(&["rm", "-f", "session"]);
 }

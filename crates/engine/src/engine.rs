@@ -19,6 +19,7 @@ use crate::images::Images;
 use crate::paths::Paths;
 use crate::registry::{RegistryClient, RegistryConfig};
 use crate::snapshots::Snapshots;
+use crate::volumes::Volumes;
 
 /// Why an engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,7 @@ pub struct Engine {
     pub paths: Paths,
     pub images: Arc<Images>,
     pub containers: Arc<Containers>,
+    pub volumes: Arc<Volumes>,
     pub events: Arc<EventBus>,
     id: String,
     /// Held for the engine's life: the flock on the data root.
@@ -86,10 +88,11 @@ impl Engine {
             }
             runtime.default = d.clone();
         }
-        let containers = Containers::open(&paths, images.clone(), events.clone(), runtime)
+        let volumes = Volumes::open(&paths, events.clone()).map_err(|source| OpenError::Store { what: "volumes", source })?;
+        let containers = Containers::open(&paths, images.clone(), volumes.clone(), events.clone(), runtime)
             .map_err(|source| OpenError::Store { what: "containers", source })?;
         let id = engine_id(&paths);
-        Ok(Arc::new(Engine { config, paths, images, containers, events, id, _lock: lock }))
+        Ok(Arc::new(Engine { config, paths, images, containers, volumes, events, id, _lock: lock }))
     }
 
     pub fn id(&self) -> &str {

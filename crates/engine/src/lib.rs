@@ -21,3 +21,4 @@ pub mod registry;
 pub mod server;
 pub mod snapshots;
 pub mod timefmt;
+pub mod volumes;

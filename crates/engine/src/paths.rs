@@ -104,6 +104,20 @@ impl Paths {
         self.exec_root.join("runtime")
     }
 
+    /// Local-driver volumes: `<name>/_data` and the volume's record.
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.data_root.join("volumes")
+    }
+    pub fn volume_dir(&self, name: &str) -> PathBuf {
+        self.volumes_dir().join(name)
+    }
+    pub fn volume_data(&self, name: &str) -> PathBuf {
+        self.volume_dir(name).join("_data")
+    }
+    pub fn volume_record(&self, name: &str) -> PathBuf {
+        self.volume_dir(name).join("volume.json")
+    }
+
     /// Scratch space for uploads (load, import) that are not yet content.
     pub fn tmp_dir(&self) -> PathBuf {
         self.data_root.join("tmp")

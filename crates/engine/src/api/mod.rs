@@ -6,6 +6,7 @@ mod container_fs;
 mod containers;
 mod images;
 mod system;
+mod volumes;
 
 use std::sync::Arc;
 
@@ -177,6 +178,10 @@ pub fn service(engine: Arc<Engine>) -> Router {
         .route("/exec/{id}/start", post(containers::exec_start))
         .route("/exec/{id}/json", get(containers::exec_json))
         .route("/exec/{id}/resize", post(containers::exec_resize))
+        .route("/volumes", get(volumes::list))
+        .route("/volumes/create", post(volumes::create))
+        .route("/volumes/prune", post(volumes::prune))
+        .route("/volumes/{name}", get(volumes::inspect).delete(volumes::delete))
         .route("/containers/{id}/archive", get(container_fs::archive_get).head(container_fs::archive_head).put(container_fs::archive_put))
         .route("/commit", post(container_fs::commit))
         .fallback(not_found)

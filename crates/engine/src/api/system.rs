@@ -67,7 +67,7 @@ pub(super) async fn df(State(engine): AppState) -> Result<Response, Error> {
         "LayersSize": usage.layers_size,
         "Images": usage.images,
         "Containers": engine.containers.disk_usage(),
-        "Volumes": [],
+        "Volumes": engine.volumes.disk_usage(),
         "BuildCache": [],
     });
     Ok(ok_json(&resp))

@@ -663,6 +663,17 @@ fn resolve_lexically(root: BorrowedFd<'_>, path: &str) -> io::Result<String> {
     Ok(format!("/{}", done.into_iter().map(|(c, _)| c).collect::<Vec<_>>().join("/")))
 }
 
+/// The container path `path` names once its symlinks are followed inside
+/// the root at `root` (missing components kept lexically).
+pub(crate) fn resolve_in_root(root: BorrowedFd<'_>, path: &str) -> io::Result<String> {
+    resolve_lexically(root, path)
+}
+
+/// An `O_PATH` descriptor of `path`, resolved inside the root at `root`.
+pub(crate) fn open_path_in_root(root: BorrowedFd<'_>, path: &str) -> io::Result<OwnedFd> {
+    open_in_root(root, path, true)
+}
+
 /// A container removed while the caller waited for its op lock is gone.
 fn ensure_not_removed(h: &Handle) -> Result<()> {
     if *h.removed.borrow() {

@@ -137,6 +137,7 @@ impl Containers {
                 });
                 self.health_start(h);
                 self.persist(h)?;
+                self.volume_events(&h.record(), "mount");
                 self.event(h, "start", &[]);
                 self.spawn_monitor(h.clone());
                 Ok(())
@@ -199,6 +200,7 @@ impl Containers {
             std::fs::write(&path, content).map_err(|e| Error::io(format!("write {name}"), e))?;
             extra_mounts.push(rootfs::bind_mount(&path, dest, read_only));
         }
+        extra_mounts.extend(self.oci_mounts(&rec, &target)?);
         let state_dir = self.state_dir(&id);
         let _ = std::fs::remove_dir_all(&state_dir);
         std::fs::create_dir_all(&state_dir).map_err(|e| Error::io("create state dir", e))?;
@@ -333,6 +335,7 @@ impl Containers {
         if let Err(e) = self.persist(h) {
             tracing::error!(container_id = %id, error = %e, "persist exit");
         }
+        self.volume_events(&h.record(), "unmount");
         if oom {
             self.event(h, "oom", &[]);
         }
@@ -508,7 +511,7 @@ impl Containers {
     }
 
     /// `DELETE /containers/{id}`.
-    pub async fn remove(self: &Arc<Self>, name_or_id: &str, force: bool, _volumes: bool) -> Result<()> {
+    pub async fn remove(self: &Arc<Self>, name_or_id: &str, force: bool, volumes: bool) -> Result<()> {
         let h = self.find(name_or_id)?;
         let _op = h.op.lock().await;
         let rec = h.record();
@@ -531,6 +534,11 @@ impl Containers {
         let _ = std::fs::remove_dir_all(self.state_dir(&rec.id));
         std::fs::remove_dir_all(self.paths.container_dir(&rec.id)).map_err(|e| Error::io("remove container", e))?;
         self.forget(&h);
+        if volumes {
+            // Anonymous volumes only, as dockerd since API 1.42.
+            let names: Vec<String> = rec.mounts.iter().filter(|m| m.typ == "volume").map(|m| m.name.clone()).collect();
+            self.volumes.remove_anonymous(&names);
+        }
         self.event(&h, "destroy", &[]);
         h.removed.send_replace(true);
         Ok(())

@@ -18,6 +18,7 @@ pub mod stats;
 mod exec;
 mod health;
 mod lifecycle;
+pub mod mounts;
 mod names;
 mod update;
 
@@ -36,6 +37,7 @@ use crate::events::EventBus;
 use crate::filters::Filters;
 use crate::images::Images;
 use crate::paths::Paths;
+use crate::volumes::Volumes;
 
 /// Which OCI runtimes exist and which one runs containers by default.
 #[derive(Debug, Clone)]
@@ -130,6 +132,9 @@ pub struct Record {
     pub manually_stopped: bool,
     /// The runtime that runs it.
     pub runtime: String,
+    /// Bind, volume and tmpfs mounts (none in records from before volumes).
+    #[serde(default)]
+    pub mounts: Vec<mounts::MountPoint>,
 }
 
 impl Record {
@@ -176,6 +181,7 @@ impl Handle {
 pub struct Containers {
     pub(crate) paths: Paths,
     pub(crate) images: Arc<Images>,
+    pub(crate) volumes: Arc<Volumes>,
     pub(crate) events: Arc<EventBus>,
     pub(crate) runtime: RuntimeConfig,
     map: RwLock<HashMap<String, Arc<Handle>>>,
@@ -186,12 +192,13 @@ pub struct Containers {
 
 impl Containers {
     /// Loads every container record and re-adopts running ones.
-    pub fn open(paths: &Paths, images: Arc<Images>, events: Arc<EventBus>, runtime: RuntimeConfig) -> std::io::Result<Arc<Self>> {
+    pub fn open(paths: &Paths, images: Arc<Images>, volumes: Arc<Volumes>, events: Arc<EventBus>, runtime: RuntimeConfig) -> std::io::Result<Arc<Self>> {
         std::fs::create_dir_all(paths.containers_dir())?;
         std::fs::create_dir_all(paths.runtime_root())?;
         let me = Arc::new(Containers {
             paths: paths.clone(),
             images,
+            volumes,
             events,
             runtime,
             map: RwLock::new(HashMap::new()),
@@ -225,6 +232,23 @@ impl Containers {
                 for h in c.all() {
                     let r = h.record();
                     out.entry(r.image_id).or_default().push((r.id, r.state.running));
+                }
+            }
+            out
+        }));
+        // Containers using volumes: `docker volume rm` must refuse those.
+        let weak = Arc::downgrade(&me);
+        me.volumes.set_usage(Arc::new(move || {
+            let mut out: HashMap<String, Vec<String>> = HashMap::new();
+            if let Some(c) = weak.upgrade() {
+                for h in c.all() {
+                    let r = h.record();
+                    for m in r.mounts.iter().filter(|m| m.typ == "volume") {
+                        let users = out.entry(m.name.clone()).or_default();
+                        if !users.contains(&r.id) {
+                            users.push(r.id.clone());
+                        }
+                    }
                 }
             }
             out
@@ -389,6 +413,14 @@ impl Containers {
         let id = format!("{:016x}{:016x}{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>(), rand::random::<u64>(), rand::random::<u64>());
         let name = self.reserve_name(name, &id)?;
         let config = merge_config(image.config.get("config"), &request_config, image_name, &id);
+        let mounts = match self.prepare_mounts(&host_config, &config) {
+            Ok(m) => m,
+            Err(e) => {
+                self.names.lock().expect("names lock poisoned").remove(&name);
+                return Err(e);
+            }
+        };
+        let anonymous: Vec<String> = mounts.iter().filter(|m| m.typ == "volume").map(|m| m.name.clone()).collect();
         let record = Record {
             id: id.clone(),
             name: name.clone(),
@@ -402,6 +434,7 @@ impl Containers {
             has_been_started: false,
             manually_stopped: false,
             runtime,
+            mounts,
         };
         let result = (|| {
             std::fs::create_dir_all(self.paths.container_upper(&id)).map_err(|e| Error::io("create container dir", e))?;
@@ -415,6 +448,7 @@ impl Containers {
         if let Err(e) = result {
             self.names.lock().expect("names lock poisoned").remove(&name);
             let _ = std::fs::remove_dir_all(self.paths.container_dir(&id));
+            self.volumes.remove_anonymous(&anonymous);
             return Err(e);
         }
         Ok((id, Vec::new()))
@@ -519,7 +553,7 @@ impl Containers {
             && ancestor_ok
             && any("health", &|v| v == health)
             && any("network", &|v| v == network_mode(r))
-            && any("volume", &|_| false)
+            && any("volume", &|v| r.mounts.iter().any(|m| m.name == v || m.destination == v || (!m.source.is_empty() && m.source == v)))
             && any("before", &|v| self.find(v).map(|o| r.created < o.record().created).unwrap_or(false))
             && any("since", &|v| self.find(v).map(|o| r.created > o.record().created).unwrap_or(false))
             && any("is-task", &|v| v == "false"))
@@ -541,7 +575,7 @@ impl Containers {
             "Status": status_text(&r.state, r.has_been_started),
             "HostConfig": {"NetworkMode": network_mode(r)},
             "NetworkSettings": {"Networks": {}},
-            "Mounts": [],
+            "Mounts": r.mounts.iter().map(|m| self.mount_json(m)).collect::<Vec<_>>(),
         });
         if size {
             let rw = crate::snapshots::dir_size(&self.paths.container_upper(&r.id)).unwrap_or(0);
@@ -585,7 +619,7 @@ impl Containers {
                 "WorkDir": self.paths.container_work(&r.id),
                 "MergedDir": self.paths.container_rootfs(&r.id),
             }},
-            "Mounts": [],
+            "Mounts": r.mounts.iter().map(|m| self.mount_json(m)).collect::<Vec<_>>(),
             "Config": r.config,
             "NetworkSettings": {
                 "Bridge": "", "SandboxID": "", "HairpinMode": false, "LinkLocalIPv6Address": "",
@@ -749,6 +783,16 @@ fn merge_config(image: Option<&Value>, req: &Value, image_name: &str, id: &str) 
             dst.insert(k.clone(), v.clone());
         }
     }
+    // dockerd merges the request's volumes with the image's.
+    let mut volumes = image.get("Volumes").cloned().filter(Value::is_object).unwrap_or(Value::Null);
+    if let Some(Value::Object(src)) = req.get("Volumes") {
+        if !volumes.is_object() {
+            volumes = json!({});
+        }
+        for (k, v) in src {
+            volumes[k] = v.clone();
+        }
+    }
     let hostname = req.get("Hostname").and_then(Value::as_str).filter(|h| !h.is_empty()).map(str::to_owned).unwrap_or_else(|| id[..12].to_owned());
     let b = |k: &str| req.get(k).and_then(Value::as_bool).unwrap_or(false);
     let mut out = json!({
@@ -764,7 +808,7 @@ fn merge_config(image: Option<&Value>, req: &Value, image_name: &str, id: &str) 
         "Env": if env.is_empty() { Value::Null } else { json!(env) },
         "Cmd": cmd,
         "Image": image_name,
-        "Volumes": pick("Volumes"),
+        "Volumes": volumes,
         "WorkingDir": pick("WorkingDir").as_str().unwrap_or_default(),
         "Entrypoint": entrypoint,
         "OnBuild": image.get("OnBuild").cloned().unwrap_or(Value::Null),

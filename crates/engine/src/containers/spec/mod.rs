@@ -29,6 +29,8 @@ mod host;
 mod inroot;
 mod json;
 mod mounts;
+
+pub(crate) use mounts::check_destination as check_mount_destination;
 mod process;
 mod resources;
 mod seccomp;
