@@ -51,19 +51,10 @@ pub struct MountPoint {
     pub volume_labels: BTreeMap<String, String>,
 }
 
-/// Lexical clean of an absolute container path (Go's `path.Clean`).
+/// Lexical clean of a container path (Go's `path.Clean`), keeping a
+/// relative path relative so validation can refuse it.
 pub(crate) fn clean(p: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    let out = format!("/{}", parts.join("/"));
+    let out = super::spec::clean_path(p);
     if p.starts_with('/') {
         out
     } else {

@@ -50,7 +50,7 @@ pub use caps::{bitmap as capability_bitmap, DEFAULT_CAPS};
 pub use error::SpecError;
 pub use host::HostInfo;
 pub use mounts::INIT_PATH;
-pub use process::DEFAULT_PATH_ENV;
+pub use process::{clean_path, DEFAULT_PATH_ENV};
 pub use user::{resolve_additional_groups, resolve_exec_user, resolve_user, ExecUser};
 pub use validate::{parse_signal, validate, validate_with, MIN_MEMORY};
 
