@@ -86,6 +86,12 @@ impl<'de> serde::Deserialize<'de> for Digest {
     }
 }
 
+/// A fresh random 64-hex identifier, the shape of Docker's container, exec
+/// and anonymous-volume IDs.
+pub fn random_id() -> String {
+    format!("{:016x}{:016x}{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>(), rand::random::<u64>(), rand::random::<u64>())
+}
+
 /// Incremental sha256 over bytes as they pass.
 #[derive(Clone, Default)]
 pub struct Hasher {

@@ -77,7 +77,7 @@ fn no_such(name: &str) -> Error {
 
 /// A random anonymous volume name (64 hex digits, as dockerd's).
 pub fn random_name() -> String {
-    format!("{:016x}{:016x}{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>(), rand::random::<u64>(), rand::random::<u64>())
+    crate::digest::random_id()
 }
 
 impl Volumes {

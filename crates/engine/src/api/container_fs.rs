@@ -37,10 +37,7 @@ fn stat_header(stat: &PathStat) -> Result<HeaderValue> {
 }
 
 fn tar_response(stream: TarStream) -> Response {
-    let body = futures_util::stream::unfold(stream, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    let mut resp = Response::new(Body::from_stream(body));
-    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/x-tar"));
-    resp
+    super::streaming(super::receive(stream), HeaderValue::from_static("application/x-tar"))
 }
 
 /// `HEAD /containers/{id}/archive?path=`.

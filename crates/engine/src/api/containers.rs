@@ -10,7 +10,9 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
-use super::{json_response, ok_json, AppState, Params};
+use futures_util::StreamExt;
+
+use super::{json_response, ok_json, receive, streaming, AppState, Params};
 use crate::containers::logs::LogOptions;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -115,10 +117,7 @@ async fn logs(engine: Arc<Engine>, id: &str, params: &Params) -> Result<Response
         return Err(Error::invalid("Bad parameters: you must choose at least one stream"));
     }
     let (tty, rx) = engine.containers.logs(id, opts)?;
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok::<_, std::io::Error>(c), rx)) });
-    let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert("content-type", stream_type(tty));
-    Ok(resp)
+    Ok(streaming(receive(rx).map(Ok::<_, std::io::Error>), stream_type(tty)))
 }
 
 /// `POST /containers/{id}/{start|stop|kill|restart|pause|unpause|wait|attach|resize|rename}`.
@@ -352,10 +351,7 @@ async fn stats(engine: Arc<Engine>, id: &str, params: &Params) -> Result<Respons
             }
         }
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok::<_, std::io::Error>(c), rx)) });
-    let mut resp = Response::new(Body::from_stream(body));
-    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-    Ok(resp)
+    Ok(streaming(receive(rx).map(Ok::<_, std::io::Error>), HeaderValue::from_static("application/json")))
 }
 
 /// `POST /exec/{id}/start`.

@@ -8,7 +8,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 
-use super::{ok_json, AppState, Params};
+use futures_util::StreamExt;
+
+use super::{ok_json, receive, streaming, AppState, Params};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::filters::Filters;
@@ -101,10 +103,7 @@ where
             let _ = btx.send(Ok(encode(&JsonMessage::error(&msg)))).await;
         }
     });
-    let stream = futures_util::stream::unfold(brx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
-    let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-    resp
+    streaming(receive(brx), HeaderValue::from_static("application/json"))
 }
 
 /// `POST /images/create`: pull (`fromImage`) or import (`fromSrc`).
@@ -209,15 +208,8 @@ async fn save_stream(engine: Arc<Engine>, names: Vec<String>) -> Result<Response
             tracing::error!(error = %e, "save failed mid-stream");
         }
     });
-    let stream = futures_util::stream::unfold((first, rx), |(first, mut rx)| async move {
-        match first {
-            Some(item) => Some((item, (None, rx))),
-            None => rx.recv().await.map(|i| (i, (None, rx))),
-        }
-    });
-    let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/x-tar"));
-    Ok(resp)
+    let stream = futures_util::stream::iter(first).chain(receive(rx));
+    Ok(streaming(stream, HeaderValue::from_static("application/x-tar")))
 }
 
 struct ChannelWriter(mpsc::Sender<std::result::Result<Vec<u8>, std::io::Error>>);

@@ -69,6 +69,24 @@ pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) 
     }
 }
 
+/// The items of a channel as a stream, ending when every sender is gone.
+pub(crate) fn receive<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}
+
+/// A 200 response whose body is sent as `stream` yields it (progress,
+/// events, logs, archives).
+pub(crate) fn streaming<S, T, E>(stream: S, content_type: HeaderValue) -> Response
+where
+    S: futures_util::Stream<Item = Result<T, E>> + Send + 'static,
+    T: Into<bytes::Bytes> + 'static,
+    E: Into<axum::BoxError> + 'static,
+{
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert("content-type", content_type);
+    resp
+}
+
 pub(crate) fn ok_json<T: serde::Serialize>(value: &T) -> Response {
     json_response(StatusCode::OK, value)
 }

@@ -2,8 +2,8 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderValue, Method};
+use axum::response::Response;
 use bollard_stubs::models::{SystemVersion, SystemVersionComponents, SystemVersionPlatform};
 
 use super::{ok_json, AppState, Params, API_VERSION, MIN_API_VERSION};
@@ -134,8 +134,5 @@ pub(super) async fn events(State(engine): AppState, params: Params) -> Result<Re
             }
         }
     });
-    let stream = futures_util::stream::unfold(body_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-    Ok((StatusCode::OK, resp).into_response())
+    Ok(super::streaming(super::receive(body_rx), HeaderValue::from_static("application/json")))
 }

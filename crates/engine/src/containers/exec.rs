@@ -23,7 +23,7 @@ impl Containers {
         if cmd.is_empty() {
             return Err(Error::invalid("No exec command specified"));
         }
-        let id = format!("{:016x}{:016x}{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>(), rand::random::<u64>(), rand::random::<u64>());
+        let id = crate::digest::random_id();
         let exec = Arc::new(Exec {
             id: id.clone(),
             container: rec.id.clone(),

@@ -248,10 +248,6 @@ pub(crate) fn go_duration(d: Duration) -> String {
     }
 }
 
-fn random_id() -> String {
-    format!("{:016x}{:016x}{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>(), rand::random::<u64>(), rand::random::<u64>())
-}
-
 impl Containers {
     /// Sets a container that just started (or was re-adopted) to
     /// `starting` and starts its monitor, if it has a check. Call with
@@ -350,7 +346,7 @@ impl Containers {
         // environment, capabilities) with the probe's command, no terminal.
         process["args"] = json!(check.cmd);
         process["terminal"] = json!(false);
-        let exec_id = random_id();
+        let exec_id = crate::digest::random_id();
         let words = format!("{} {}", check.cmd[0], check.cmd[1..].join(" "));
         self.event(h, &format!("exec_create: {words}"), &[("execID", exec_id.clone())]);
         let req = json!({"op": "exec", "process": process, "tty": false, "stdin": false, "detach": false});

@@ -410,7 +410,7 @@ impl Containers {
         if !self.runtime.runtimes.contains_key(&runtime) {
             return Err(Error::invalid(format!("unknown or invalid runtime name: {runtime}")));
         }
-        let id = format!("{:016x}{:016x}{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>(), rand::random::<u64>(), rand::random::<u64>());
+        let id = crate::digest::random_id();
         let name = self.reserve_name(name, &id)?;
         let config = merge_config(image.config.get("config"), &request_config, image_name, &id);
         let mounts = match self.prepare_mounts(&host_config, &config) {
