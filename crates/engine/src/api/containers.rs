@@ -158,9 +158,7 @@ pub(super) async fn post_dispatch(State(engine): AppState, Path((id, what)): Pat
                     Ok(code) => json!({"StatusCode": code, "Error": null}),
                     Err(e) => json!({"StatusCode": -1, "Error": {"Message": e.message}}),
                 };
-                let mut v = serde_json::to_vec(&body).unwrap_or_default();
-                v.push(b'\n');
-                Ok::<_, std::io::Error>(v)
+                Ok::<_, std::io::Error>(super::json_line(&body))
             });
             let mut resp = Response::new(Body::from_stream(stream));
             resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
@@ -325,11 +323,7 @@ async fn stats(engine: Arc<Engine>, id: &str, params: &Params) -> Result<Respons
     let id = id.to_owned();
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     tokio::spawn(async move {
-        let encode = |v: &Value| {
-            let mut b = serde_json::to_vec(v).unwrap_or_default();
-            b.push(b'\n');
-            b
-        };
+        let encode = super::json_line::<Value>;
         let mut prev = first;
         if !stream && one_shot {
             prev["precpu_stats"] = json!({"cpu_usage": {"total_usage": 0}, "throttling_data": {}});

@@ -69,6 +69,13 @@ pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) 
     }
 }
 
+/// One value as a newline-terminated JSON line (events, stats, wait).
+pub(crate) fn json_line<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(value).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
 /// The items of a channel as a stream, ending when every sender is gone.
 pub(crate) fn receive<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> + Send {
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })

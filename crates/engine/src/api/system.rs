@@ -93,11 +93,7 @@ pub(super) async fn events(State(engine): AppState, params: Params) -> Result<Re
     let filter = EventFilter::new(filters.0);
     let (past, mut rx) = engine.events.subscribe();
     let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(64);
-    let encode = |e: &crate::events::Event| {
-        let mut line = serde_json::to_vec(e).unwrap_or_default();
-        line.push(b'\n');
-        line
-    };
+    let encode = super::json_line::<crate::events::Event>;
     let in_window = move |t: i64| since.is_none_or(|s| t >= s) && until.is_none_or(|u| t <= u);
     tokio::spawn(async move {
         if since.is_some() {
