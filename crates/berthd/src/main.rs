@@ -64,6 +64,21 @@ struct Flags {
     /// Server key (PEM).
     #[arg(long)]
     tlskey: Option<PathBuf>,
+    /// `none` to create no default bridge.
+    #[arg(short = 'b', long)]
+    bridge: Option<String>,
+    /// The default bridge's address and prefix (172.20.0.1/16).
+    #[arg(long)]
+    bip: Option<String>,
+    /// Manage NAT and published-port rules (nftables).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    iptables: Option<bool>,
+    /// Enable IPv4 forwarding.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    ip_forward: Option<bool>,
+    /// The address `host-gateway` stands for in --add-host.
+    #[arg(long)]
+    host_gateway_ip: Option<std::net::Ipv4Addr>,
 }
 
 struct Settings {
@@ -89,6 +104,11 @@ fn settings(flags: Flags) -> Result<Settings> {
     if !flags.registry_mirror.is_empty() { given.push("registry-mirrors"); }
     if !flags.insecure_registry.is_empty() { given.push("insecure-registries"); }
     if flags.log_level.is_some() { given.push("log-level"); }
+    if flags.bridge.is_some() { given.push("bridge"); }
+    if flags.bip.is_some() { given.push("bip"); }
+    if flags.iptables.is_some() { given.push("iptables"); }
+    if flags.ip_forward.is_some() { given.push("ip-forward"); }
+    if flags.host_gateway_ip.is_some() { given.push("host-gateway-ip"); }
     let conflicts: Vec<String> = file.set_keys().into_iter().filter(|k| given.contains(k)).map(|k| format!("{k}: (from flag and file)")).collect();
     if !conflicts.is_empty() {
         bail!(
@@ -118,6 +138,11 @@ fn settings(flags: Flags) -> Result<Settings> {
         hosts: hosts.iter().map(ToString::to_string).collect(),
         default_runtime: flags.default_runtime.clone().or(file.default_runtime.clone()),
         runtimes: file.runtimes.as_ref().map(berth_engine::config::runtime_paths).unwrap_or_default(),
+        bridge: flags.bridge.clone().or(file.bridge.clone()),
+        bip: flags.bip.clone().or(file.bip.clone()),
+        iptables: flags.iptables.or(file.iptables).unwrap_or(true),
+        ip_forward: flags.ip_forward.or(file.ip_forward).unwrap_or(true),
+        host_gateway_ip: flags.host_gateway_ip.or(file.host_gateway_ip),
     };
     let verify = flags.tlsverify || file.tlsverify == Some(true);
     let tls = if verify || flags.tls || file.tls == Some(true) {
@@ -203,12 +228,17 @@ fn run() -> Result<()> {
         .context("start runtime")?;
     runtime.block_on(async {
         let engine = Engine::open(settings.engine.clone())?;
+        engine.networks.init().await.context("set up networking")?;
         engine.containers.reconcile();
         if let Some(p) = &settings.pidfile {
             write_pidfile(p)?;
         }
         tracing::info!(data_root = %settings.engine.data_root.display(), hosts = ?settings.engine.hosts, "berthd ready");
-        let served = server::serve(engine, &settings.hosts, settings.tls.as_ref(), shutdown_signal()).await;
+        let served = server::serve(engine.clone(), &settings.hosts, settings.tls.as_ref(), shutdown_signal()).await;
+        // Without running containers nothing needs the bridges and rules.
+        if engine.containers.counts().1 + engine.containers.counts().2 == 0 {
+            engine.networks.teardown_host().await;
+        }
         if let Some(p) = &settings.pidfile {
             let _ = std::fs::remove_file(p);
         }

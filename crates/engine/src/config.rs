@@ -11,6 +11,11 @@ use serde::Deserialize;
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct DaemonJson {
+    pub bridge: Option<String>,
+    pub bip: Option<String>,
+    pub iptables: Option<bool>,
+    pub ip_forward: Option<bool>,
+    pub host_gateway_ip: Option<std::net::Ipv4Addr>,
     pub data_root: Option<PathBuf>,
     pub exec_root: Option<PathBuf>,
     pub hosts: Option<Vec<String>>,
@@ -34,7 +39,7 @@ pub struct DaemonJson {
 const KNOWN_KEYS: &[&str] = &[
     "data-root", "exec-root", "hosts", "pidfile", "registry-mirrors", "insecure-registries",
     "log-level", "debug", "live-restore", "tls", "tlsverify", "tlscacert", "tlscert", "tlskey",
-    "default-runtime", "runtimes", "experimental",
+    "default-runtime", "runtimes", "experimental", "bridge", "bip", "iptables", "ip-forward", "host-gateway-ip",
 ];
 
 /// Why a daemon.json could not be used.
@@ -83,7 +88,8 @@ impl DaemonJson {
         macro_rules! check { ($($field:ident => $key:literal),*) => { $( if self.$field.is_some() { keys.push($key); } )* } }
         check!(data_root => "data-root", exec_root => "exec-root", hosts => "hosts", pidfile => "pidfile",
             registry_mirrors => "registry-mirrors", insecure_registries => "insecure-registries",
-            log_level => "log-level", debug => "debug", live_restore => "live-restore");
+            log_level => "log-level", debug => "debug", live_restore => "live-restore",
+            bridge => "bridge", bip => "bip", iptables => "iptables", ip_forward => "ip-forward", host_gateway_ip => "host-gateway-ip");
         keys
     }
 }
@@ -116,6 +122,17 @@ pub struct EngineConfig {
     pub default_runtime: Option<String>,
     /// Extra OCI runtimes by name (daemon.json `runtimes`: `{"name": {"path": "/usr/bin/x"}}`).
     pub runtimes: BTreeMap<String, std::path::PathBuf>,
+    /// `--bridge`: `none` disables the default bridge (dockerd's meaning of
+    /// naming an existing bridge is not supported).
+    pub bridge: Option<String>,
+    /// `--bip`: the default bridge's address, `172.20.0.1/16`.
+    pub bip: Option<String>,
+    /// `--iptables`: manage the firewall (NAT, published ports).
+    pub iptables: bool,
+    /// `--ip-forward`.
+    pub ip_forward: bool,
+    /// `--host-gateway-ip`: what `host-gateway` in `--add-host` means.
+    pub host_gateway_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// The `runtimes` map of daemon.json, paths only (runtime args are not

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::events::EventBus;
 use crate::images::store::ImageStore;
 use crate::images::Images;
+use crate::network::{NetConfig, Networks};
 use crate::paths::Paths;
 use crate::registry::{RegistryClient, RegistryConfig};
 use crate::snapshots::Snapshots;
@@ -43,6 +44,7 @@ pub struct Engine {
     pub images: Arc<Images>,
     pub containers: Arc<Containers>,
     pub volumes: Arc<Volumes>,
+    pub networks: Arc<Networks>,
     pub events: Arc<EventBus>,
     id: String,
     /// Held for the engine's life: the flock on the data root.
@@ -89,10 +91,11 @@ impl Engine {
             runtime.default = d.clone();
         }
         let volumes = Volumes::open(&paths, events.clone()).map_err(|source| OpenError::Store { what: "volumes", source })?;
-        let containers = Containers::open(&paths, images.clone(), volumes.clone(), events.clone(), runtime)
+        let networks = Networks::open(&paths, net_config(&config)?, events.clone()).map_err(|source| OpenError::Store { what: "networks", source })?;
+        let containers = Containers::open(&paths, images.clone(), volumes.clone(), networks.clone(), events.clone(), runtime)
             .map_err(|source| OpenError::Store { what: "containers", source })?;
         let id = engine_id(&paths);
-        Ok(Arc::new(Engine { config, paths, images, containers, volumes, events, id, _lock: lock }))
+        Ok(Arc::new(Engine { config, paths, images, containers, volumes, networks, events, id, _lock: lock }))
     }
 
     pub fn id(&self) -> &str {
@@ -225,6 +228,26 @@ fn engine_id(paths: &Paths) -> String {
     let id = format!("{:032x}", rand::random::<u128>());
     let _ = write_atomic(&path, id.as_bytes());
     id
+}
+
+/// The network settings from the engine's flags.
+fn net_config(config: &EngineConfig) -> std::result::Result<NetConfig, OpenError> {
+    let mut cfg = NetConfig::for_exec_root(&config.exec_root);
+    if config.bridge.as_deref() == Some("none") {
+        cfg.default_bridge = None;
+    } else if let Some(b) = &config.bridge {
+        return Err(OpenError::Registry(format!("--bridge {b:?}: only \"none\" is supported (the default bridge is created by the engine)")));
+    }
+    if let Some(bip) = &config.bip {
+        let (ip, prefix) = bip.split_once('/').ok_or_else(|| OpenError::Registry(format!("invalid --bip {bip:?}: want an address with a prefix, 172.20.0.1/16")))?;
+        let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| OpenError::Registry(format!("invalid --bip {bip:?}")))?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| (8..=30).contains(p)).ok_or_else(|| OpenError::Registry(format!("invalid --bip {bip:?}")))?;
+        cfg.bip = Some((ip, prefix));
+    }
+    cfg.firewall = config.iptables;
+    cfg.ip_forward = config.ip_forward;
+    cfg.host_gateway_ip = config.host_gateway_ip;
+    Ok(cfg)
 }
 
 pub fn go_arch() -> &'static str {

@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod filters;
 pub mod images;
+pub mod network;
 pub mod paths;
 pub mod reference;
 pub mod registry;

@@ -105,6 +105,13 @@ impl Paths {
     }
 
     /// Local-driver volumes: `<name>/_data` and the volume's record.
+    /// Network records and what the engine owns on the host.
+    pub fn network_dir(&self) -> PathBuf {
+        self.data_root.join("network")
+    }
+    pub fn networks_file(&self) -> PathBuf {
+        self.network_dir().join("networks.json")
+    }
     pub fn volumes_dir(&self) -> PathBuf {
         self.data_root.join("volumes")
     }

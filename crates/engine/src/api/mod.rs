@@ -5,6 +5,7 @@
 mod container_fs;
 mod containers;
 mod images;
+mod networks;
 mod system;
 mod volumes;
 
@@ -203,6 +204,12 @@ pub fn service(engine: Arc<Engine>) -> Router {
         .route("/exec/{id}/start", post(containers::exec_start))
         .route("/exec/{id}/json", get(containers::exec_json))
         .route("/exec/{id}/resize", post(containers::exec_resize))
+        .route("/build/prune", post(system::build_prune))
+        .route("/networks", get(networks::list))
+        .route("/networks/create", post(networks::create))
+        .route("/networks/prune", post(networks::prune))
+        .route("/networks/{id}", get(networks::inspect).delete(networks::delete))
+        .route("/networks/{id}/{what}", post(networks::post_dispatch))
         .route("/volumes", get(volumes::list))
         .route("/volumes/create", post(volumes::create))
         .route("/volumes/prune", post(volumes::prune))

@@ -132,3 +132,9 @@ pub(super) async fn events(State(engine): AppState, params: Params) -> Result<Re
     });
     Ok(super::streaming(super::receive(body_rx), HeaderValue::from_static("application/json")))
 }
+
+/// `POST /build/prune`: the engine has no build cache yet, so nothing to
+/// reclaim (`docker system prune` calls it).
+pub(super) async fn build_prune() -> axum::response::Response {
+    super::ok_json(&serde_json::json!({"CachesDeleted": null, "SpaceReclaimed": 0}))
+}

@@ -143,6 +143,7 @@ impl Containers {
                 Ok(())
             }
             Err(e) => {
+                self.net_detach(h);
                 let rec = h.record();
                 let _ = rootfs::unmount(&self.paths.container_rootfs(&rec.id));
                 let _ = std::fs::remove_dir_all(self.state_dir(&rec.id));
@@ -188,11 +189,19 @@ impl Containers {
         let hostname = rec.config.get("Hostname").and_then(Value::as_str).unwrap_or(&id[..12]).to_owned();
         let strings = |k: &str| -> Vec<String> { rec.host_config.get(k).and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default() };
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let plan = self.net_plan(&rec)?;
+        let own_ip = plan.first().map(|p| p.ip);
+        let resolv = if Self::uses_embedded_dns(&plan) {
+            rootfs::resolv_conf_embedded(&host_resolv, &strings("DnsSearch"), &strings("DnsOptions"))
+        } else {
+            rootfs::resolv_conf(&host_resolv, &strings("Dns"), &strings("DnsSearch"))
+        };
         let files = [
-            ("hosts", rootfs::hosts_file(&hostname, &strings("ExtraHosts")), "/etc/hosts"),
+            ("hosts", rootfs::hosts_file(&hostname, own_ip, &self.extra_hosts(&rec)), "/etc/hosts"),
             ("hostname", format!("{hostname}\n"), "/etc/hostname"),
-            ("resolv.conf", rootfs::resolv_conf(&host_resolv, &strings("Dns"), &strings("DnsSearch")), "/etc/resolv.conf"),
+            ("resolv.conf", resolv, "/etc/resolv.conf"),
         ];
+        self.net_record_plan(h, &plan);
         let mut extra_mounts = Vec::new();
         let read_only = rec.host_config.get("ReadonlyRootfs").and_then(Value::as_bool).unwrap_or(false);
         for (name, content, dest) in &files {
@@ -241,6 +250,10 @@ impl Containers {
             stdin: rec.config.get("OpenStdin").and_then(Value::as_bool).unwrap_or(false),
         };
         let pid = shim::spawn(&spawn).await?;
+        if let Err(e) = self.net_attach(h, pid, &plan).await {
+            let _ = shim::request(&state_dir, json!({"op": "kill", "signal": libc::SIGKILL, "all": true})).await;
+            return Err(e);
+        }
         // Attachers that came before start are connected before the process
         // runs, so they miss nothing.
         let pending: Vec<PendingAttach> = h.pending_attach.lock().expect("attach lock poisoned").drain(..).collect();
@@ -330,6 +343,7 @@ impl Containers {
         if exit.is_none() {
             self.forget_runtime_state(&h.record());
         }
+        self.net_detach(h);
         let _ = rootfs::unmount(&self.paths.container_rootfs(&id));
         let _ = std::fs::remove_dir_all(self.state_dir(&id));
         if let Err(e) = self.persist(h) {

@@ -20,6 +20,7 @@ mod health;
 mod lifecycle;
 pub mod mounts;
 mod names;
+mod net;
 mod update;
 
 use std::collections::{BTreeMap, HashMap};
@@ -135,6 +136,12 @@ pub struct Record {
     /// Bind, volume and tmpfs mounts (none in records from before volumes).
     #[serde(default)]
     pub mounts: Vec<mounts::MountPoint>,
+    /// Network name to endpoint (addresses set while running).
+    #[serde(default)]
+    pub networks: BTreeMap<String, crate::network::Endpoint>,
+    /// Published ports while running.
+    #[serde(default)]
+    pub ports: Vec<crate::network::PortBinding>,
 }
 
 impl Record {
@@ -182,6 +189,7 @@ pub struct Containers {
     pub(crate) paths: Paths,
     pub(crate) images: Arc<Images>,
     pub(crate) volumes: Arc<Volumes>,
+    pub(crate) networks: Arc<crate::network::Networks>,
     pub(crate) events: Arc<EventBus>,
     pub(crate) runtime: RuntimeConfig,
     map: RwLock<HashMap<String, Arc<Handle>>>,
@@ -192,13 +200,21 @@ pub struct Containers {
 
 impl Containers {
     /// Loads every container record and re-adopts running ones.
-    pub fn open(paths: &Paths, images: Arc<Images>, volumes: Arc<Volumes>, events: Arc<EventBus>, runtime: RuntimeConfig) -> std::io::Result<Arc<Self>> {
+    pub fn open(
+        paths: &Paths,
+        images: Arc<Images>,
+        volumes: Arc<Volumes>,
+        networks: Arc<crate::network::Networks>,
+        events: Arc<EventBus>,
+        runtime: RuntimeConfig,
+    ) -> std::io::Result<Arc<Self>> {
         std::fs::create_dir_all(paths.containers_dir())?;
         std::fs::create_dir_all(paths.runtime_root())?;
         let me = Arc::new(Containers {
             paths: paths.clone(),
             images,
             volumes,
+            networks,
             events,
             runtime,
             map: RwLock::new(HashMap::new()),
@@ -236,6 +252,7 @@ impl Containers {
             }
             out
         }));
+        me.networks.set_usage(me.network_usage());
         // Containers using volumes: `docker volume rm` must refuse those.
         let weak = Arc::downgrade(&me);
         me.volumes.set_usage(Arc::new(move || {
@@ -271,6 +288,8 @@ impl Containers {
                 let state_dir = self.paths.container_state_dir(&rec.id);
                 if shim::alive(&state_dir) && shim::socket(&state_dir).exists() {
                     tracing::info!(container_id = %rec.id, pid = rec.state.pid, "re-adopting running container");
+                    let (me, h2) = (self.clone(), h.clone());
+                    tokio::spawn(async move { me.net_readopt(&h2).await });
                     self.health_start(&h);
                     let _ = self.persist(&h);
                     self.spawn_monitor(h.clone());
@@ -400,6 +419,7 @@ impl Containers {
         let image = found.image;
         let host_config = body.get("HostConfig").cloned().unwrap_or_else(|| json!({}));
         let host_config = if host_config.is_null() { json!({}) } else { host_config };
+        let endpoints = net::endpoints_for_create(&self.networks, &host_config, body.get("NetworkingConfig"))?;
         let mut request_config = Value::Object(body.clone());
         if let Value::Object(m) = &mut request_config {
             m.remove("HostConfig");
@@ -435,6 +455,8 @@ impl Containers {
             manually_stopped: false,
             runtime,
             mounts,
+            networks: endpoints,
+            ports: Vec::new(),
         };
         let result = (|| {
             std::fs::create_dir_all(self.paths.container_upper(&id)).map_err(|e| Error::io("create container dir", e))?;
@@ -552,7 +574,7 @@ impl Containers {
             && exit_ok
             && ancestor_ok
             && any("health", &|v| v == health)
-            && any("network", &|v| v == network_mode(r))
+            && any("network", &|v| v == network_mode(r) || r.networks.contains_key(v) || r.networks.values().any(|e| e.network_id.starts_with(v)))
             && any("volume", &|v| r.mounts.iter().any(|m| m.name == v || m.destination == v || (!m.source.is_empty() && m.source == v)))
             && any("before", &|v| self.find(v).map(|o| r.created < o.record().created).unwrap_or(false))
             && any("since", &|v| self.find(v).map(|o| r.created > o.record().created).unwrap_or(false))
@@ -569,12 +591,12 @@ impl Containers {
             "ImageID": r.image_id.to_string(),
             "Command": cmd.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "),
             "Created": created,
-            "Ports": [],
+            "Ports": self.ports_summary(r),
             "Labels": r.labels(),
             "State": r.state.status,
             "Status": status_text(&r.state, r.has_been_started),
             "HostConfig": {"NetworkMode": network_mode(r)},
-            "NetworkSettings": {"Networks": {}},
+            "NetworkSettings": {"Networks": self.networks_summary(r)},
             "Mounts": r.mounts.iter().map(|m| self.mount_json(m)).collect::<Vec<_>>(),
         });
         if size {
@@ -621,13 +643,7 @@ impl Containers {
             }},
             "Mounts": r.mounts.iter().map(|m| self.mount_json(m)).collect::<Vec<_>>(),
             "Config": r.config,
-            "NetworkSettings": {
-                "Bridge": "", "SandboxID": "", "HairpinMode": false, "LinkLocalIPv6Address": "",
-                "LinkLocalIPv6PrefixLen": 0, "Ports": {}, "SandboxKey": "", "SecondaryIPAddresses": null,
-                "SecondaryIPv6Addresses": null, "EndpointID": "", "Gateway": "", "GlobalIPv6Address": "",
-                "GlobalIPv6PrefixLen": 0, "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "",
-                "Networks": {},
-            },
+            "NetworkSettings": self.network_settings(&r),
         });
         if size {
             let rw = crate::snapshots::dir_size(&self.paths.container_upper(&r.id)).unwrap_or(0);

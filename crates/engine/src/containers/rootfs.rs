@@ -50,8 +50,9 @@ fn unescape(s: &str) -> String {
     s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
-/// The `/etc/hosts` dockerd writes for a container without networks.
-pub fn hosts_file(hostname: &str, extra: &[String]) -> String {
+/// The `/etc/hosts` dockerd writes: localhost, `--add-host` entries, and
+/// the container's own name on its address (127.0.1.1 without one).
+pub fn hosts_file(hostname: &str, own_ip: Option<std::net::Ipv4Addr>, extra: &[String]) -> String {
     let mut s = String::from(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
     );
@@ -61,7 +62,10 @@ pub fn hosts_file(hostname: &str, extra: &[String]) -> String {
         }
     }
     if !hostname.is_empty() {
-        s.push_str(&format!("127.0.1.1\t{hostname}\n"));
+        match own_ip {
+            Some(ip) => s.push_str(&format!("{ip}\t{hostname}\n")),
+            None => s.push_str(&format!("127.0.1.1\t{hostname}\n")),
+        }
     }
     s
 }
@@ -100,6 +104,22 @@ pub fn resolv_conf(host: &str, dns: &[String], search: &[String]) -> String {
     out
 }
 
+/// The resolv.conf of a container on a user-defined network: the embedded
+/// DNS server, the host's search domains, `ndots:0` as dockerd writes.
+pub fn resolv_conf_embedded(host: &str, search: &[String], options: &[String]) -> String {
+    let mut out = String::from("nameserver 127.0.0.11\n");
+    if !search.is_empty() {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    } else if let Some(line) = host.lines().map(str::trim).find(|l| l.starts_with("search")) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    let mut opts: Vec<String> = vec!["ndots:0".into()];
+    opts.extend(options.iter().cloned());
+    out.push_str(&format!("options {}\n", opts.join(" ")));
+    out
+}
+
 /// A bind mount of a generated file into the container.
 pub fn bind_mount(source: &Path, dest: &str, readonly: bool) -> serde_json::Value {
     let mut options = vec!["rbind", "rprivate"];
@@ -130,7 +150,7 @@ mod tests {
 
     #[test]
     fn hosts_file_names_the_container() {
-        let h = hosts_file("abc123", &["db:10.0.0.2".into()]);
+        let h = hosts_file("abc123", None, &["db:10.0.0.2".into()]);
         assert!(h.contains("127.0.0.1\tlocalhost"));
         assert!(h.contains("10.0.0.2\tdb"));
         assert!(h.ends_with("127.0.1.1\tabc123\n"));
