@@ -716,6 +716,7 @@ impl Drop for Berthd {
             );
         }
         self.stop();
+        remove_host_network(self.data_root());
         let roots: Vec<PathBuf> = [self.run_dir.as_ref(), self.data_root.as_ref()]
             .into_iter()
             .flatten()
@@ -744,6 +745,33 @@ fn tail(text: &str, max: usize) -> &str {
         start += 1;
     }
     &text[start..]
+}
+
+/// Deletes the bridges and the nftables table a daemon named in
+/// `network/owned.json` (a daemon stopped with containers running, or
+/// killed, leaves them for live restore).
+fn remove_host_network(data_root: &Path) {
+    let Ok(text) = fs::read_to_string(data_root.join("network/owned.json")) else {
+        return;
+    };
+    let Ok(owned) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    for link in owned["links"].as_array().into_iter().flatten().filter_map(|l| l.as_str()) {
+        let _ = Command::new("ip").args(["link", "del", link]).stderr(Stdio::null()).status();
+    }
+    if let Some(table) = owned["table"].as_str() {
+        let _ = Command::new("nft").args(["delete", "table", "ip", table]).stderr(Stdio::null()).status();
+    }
+}
+
+/// The nftables table a daemon keeps its rules in (`nft list` text).
+pub fn nft_table(d: &Berthd) -> String {
+    let owned: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(d.data_root().join("network/owned.json")).expect("owned.json")).expect("owned.json is JSON");
+    let table = owned["table"].as_str().expect("table name");
+    let out = Command::new("nft").args(["list", "table", "ip", table]).output().expect("run nft");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// SIGKILLs what a killed daemon left behind, so the directories can go:

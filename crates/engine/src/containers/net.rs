@@ -211,6 +211,10 @@ impl Containers {
     pub(crate) async fn net_attach(self: &Arc<Self>, h: &Arc<Handle>, pid: u32, plan: &[Planned]) -> Result<()> {
         let ports = self.net_attach_inner(&h.record(), pid, plan).await?;
         h.update(|r| r.ports = ports);
+        // As dockerd: the container joins its networks when it starts.
+        for p in plan {
+            self.networks.connect_event(&p.network, &h.id, "connect");
+        }
         Ok(())
     }
 
@@ -250,6 +254,11 @@ impl Containers {
         let veths: Vec<String> = rec.networks.values().map(|e| e.host_veth.clone()).filter(|v| !v.is_empty()).collect();
         if held.is_empty() && rec.ports.is_empty() && veths.is_empty() {
             return;
+        }
+        for (net_id, _) in &held {
+            if let Ok(net) = self.networks.get(net_id) {
+                self.networks.connect_event(&net, &rec.id, "disconnect");
+            }
         }
         self.networks.release(held);
         h.update(|r| {
