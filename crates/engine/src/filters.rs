@@ -64,6 +64,13 @@ impl Filters {
             None => labels.contains_key(f.as_str()),
         })
     }
+
+    /// Whether a negated filter (`label!=k`, `label!=k=v`) excludes
+    /// `labels`: as dockerd's `matchLabels`, when it is given and `labels`
+    /// satisfy every one of its values.
+    pub fn labels_excluded(&self, key: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.contains(key) && self.labels_match(key, labels)
+    }
 }
 
 /// Go's `path.Match` glob: `*`, `?`, `[...]` classes, `\` escapes; `*` does
@@ -117,6 +124,17 @@ mod tests {
     fn unknown_filter_key_is_refused_with_dockerds_words() {
         let e = Filters::parse(Some(r#"{"bogus":["x"]}"#), &["label"]).unwrap_err();
         assert_eq!(e.message, "invalid filter 'bogus'");
+    }
+
+    #[test]
+    fn negated_label_filter_excludes_key_or_key_value() {
+        let labels = BTreeMap::from([("keep".to_owned(), "yes".to_owned())]);
+        let f = |raw: &str| Filters::parse(Some(raw), &["label!"]).unwrap();
+        assert!(f(r#"{"label!":["keep"]}"#).labels_excluded("label!", &labels));
+        assert!(f(r#"{"label!":["keep=yes"]}"#).labels_excluded("label!", &labels));
+        assert!(!f(r#"{"label!":["keep=no"]}"#).labels_excluded("label!", &labels));
+        assert!(!f(r#"{"label!":["other"]}"#).labels_excluded("label!", &labels));
+        assert!(!Filters::default().labels_excluded("label!", &labels));
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub(super) async fn create(State(engine): AppState, body: Body) -> Result<Respon
 
 /// `GET /volumes`.
 pub(super) async fn list(State(engine): AppState, params: Params) -> Result<Response> {
-    let filters = Filters::parse(params.get("filters"), &["dangling", "driver", "label", "name"])?;
+    let filters = Filters::parse(params.get("filters"), &["dangling", "driver", "label", "label!", "name"])?;
     Ok(ok_json(&engine.volumes.list(&filters)?))
 }
 

@@ -145,6 +145,7 @@ impl Containers {
             Err(e) => {
                 self.net_detach(h);
                 let rec = h.record();
+                self.release_volumes(&rec.id);
                 let _ = rootfs::unmount(&self.paths.container_rootfs(&rec.id));
                 let _ = std::fs::remove_dir_all(self.state_dir(&rec.id));
                 let code = if e.message.contains("executable file not found") || e.message.contains("No such file") { 127 } else if e.message.contains("ermission denied") { 126 } else { 128 };
@@ -345,6 +346,7 @@ impl Containers {
         }
         self.net_detach(h);
         let _ = rootfs::unmount(&self.paths.container_rootfs(&id));
+        self.release_volumes(&id);
         let _ = std::fs::remove_dir_all(self.state_dir(&id));
         if let Err(e) = self.persist(h) {
             tracing::error!(container_id = %id, error = %e, "persist exit");

@@ -341,6 +341,8 @@ impl Containers {
                 }
             });
         }
+        // Volumes of the containers re-adopted above stay mounted.
+        self.readopt_volumes();
     }
 
     /// Drops what the OCI runtime still records about a container whose

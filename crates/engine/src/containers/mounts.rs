@@ -49,6 +49,10 @@ pub struct MountPoint {
     /// volume is created).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volume_labels: BTreeMap<String, String>,
+    /// Local driver options asked for with `--mount volume-opt=` (used
+    /// when the volume is created).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volume_options: BTreeMap<String, String>,
 }
 
 /// Lexical clean of a container path (Go's `path.Clean`), keeping a
@@ -128,6 +132,7 @@ pub(crate) fn parse_bind(raw: &str) -> Result<MountPoint> {
         create_source: true,
         tmpfs_options: Vec::new(),
         volume_labels: BTreeMap::new(),
+        volume_options: BTreeMap::new(),
     })
 }
 
@@ -151,6 +156,7 @@ pub(crate) fn parse_mount(m: &Value) -> Result<MountPoint> {
         create_source: false,
         tmpfs_options: Vec::new(),
         volume_labels: BTreeMap::new(),
+        volume_options: BTreeMap::new(),
     };
     match typ.as_str() {
         "bind" => {
@@ -164,6 +170,7 @@ pub(crate) fn parse_mount(m: &Value) -> Result<MountPoint> {
                 return Err(Error::not_found(format!("error looking up volume plugin {d}: plugin \"{d}\" not found")));
             }
             mp.volume_labels = m.pointer("/VolumeOptions/Labels").and_then(|l| serde_json::from_value(l.clone()).ok()).unwrap_or_default();
+            mp.volume_options = m.pointer("/VolumeOptions/DriverConfig/Options").and_then(|o| serde_json::from_value(o.clone()).ok()).unwrap_or_default();
         }
         "tmpfs" => {
             if let Some(size) = m.pointer("/TmpfsOptions/SizeBytes").and_then(Value::as_i64).filter(|s| *s > 0) {
@@ -236,6 +243,7 @@ pub(crate) fn plan(host_config: &Value, config: &Value, volumes_from: impl Fn(&s
             create_source: false,
             tmpfs_options: Vec::new(),
             volume_labels: BTreeMap::new(),
+            volume_options: BTreeMap::new(),
         });
     }
     Ok(out)
@@ -249,7 +257,7 @@ impl Containers {
         let mut made: Vec<String> = Vec::new();
         for m in mounts.iter_mut().filter(|m| m.typ == "volume") {
             let name = (!m.name.is_empty()).then(|| m.name.clone());
-            match self.volumes.create(name.as_deref(), None, m.volume_labels.clone(), BTreeMap::new()) {
+            match self.volumes.create(name.as_deref(), None, m.volume_labels.clone(), m.volume_options.clone()) {
                 Ok(v) => {
                     if name.is_none() {
                         made.push(v.name.clone());
@@ -267,12 +275,42 @@ impl Containers {
 
     /// OCI mounts for a container's mount points, for a rootfs mounted at
     /// `rootfs`. Destinations are resolved inside the rootfs (a symlink in
-    /// the image cannot send a mount out of it); new volumes are filled
-    /// with the image's content at their destination.
+    /// the image cannot send a mount out of it); volumes are claimed for
+    /// the container (those with options are mounted: `release_volumes`
+    /// undoes it) and new ones filled with the image's content at their
+    /// destination.
     pub(crate) fn oci_mounts(&self, rec: &Record, rootfs: &Path) -> Result<Vec<Value>> {
         if rec.mounts.is_empty() {
             return Ok(Vec::new());
         }
+        let out = self.oci_mounts_claiming(rec, rootfs);
+        if out.is_err() {
+            self.volumes.release(&rec.id);
+        }
+        out
+    }
+
+    /// Releases the volumes a container claimed at start (at its exit, or
+    /// when its start fails); the last user of a volume with options
+    /// unmounts it.
+    pub(crate) fn release_volumes(&self, id: &str) {
+        self.volumes.release(id);
+    }
+
+    /// After reconcile: the volumes of running containers stay mounted and
+    /// claimed by them; other volumes left mounted are unmounted.
+    pub(crate) fn readopt_volumes(&self) {
+        let mut claims = Vec::new();
+        for h in self.all() {
+            let r = h.record();
+            if r.state.running {
+                claims.extend(r.mounts.iter().filter(|m| m.typ == "volume").map(|m| (m.name.clone(), r.id.clone())));
+            }
+        }
+        self.volumes.adopt(claims);
+    }
+
+    fn oci_mounts_claiming(&self, rec: &Record, rootfs: &Path) -> Result<Vec<Value>> {
         let root = rfs::open(rootfs, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| Error::io("open rootfs", e.into()))?;
         let mut out = Vec::new();
         for m in &rec.mounts {
@@ -293,7 +331,7 @@ impl Containers {
                     m.source.clone()
                 }
                 "volume" => {
-                    let data = self.volumes.data_path(&m.name)?;
+                    let data = self.volumes.mount(&m.name, &rec.id)?;
                     if m.copy_data {
                         let src = super::fs::open_path_in_root(root.as_fd(), &dest).ok();
                         self.volumes.populate(&m.name, src.as_ref().map(|f| f.as_fd()))?;
@@ -312,7 +350,14 @@ impl Containers {
                 }
                 other => return Err(Error::invalid(format!("mount type {other:?} is not supported"))),
             };
-            options.push(if m.rw { "rw" } else { "ro" }.to_owned());
+            // What is read-only at the source (a volume made with
+            // `o=bind,ro`, a read-only host path) stays so: crun remounts a
+            // bind with the flags asked for, which would clear it (runc,
+            // under dockerd, keeps it). As dockerd, no explicit `rw`.
+            let read_only_source = rfs::statvfs(&source).is_ok_and(|s| s.f_flag.contains(rfs::StatVfsMountFlags::RDONLY));
+            if !m.rw || read_only_source {
+                options.push("ro".to_owned());
+            }
             out.push(json!({"destination": dest, "type": "bind", "source": source, "options": options}));
         }
         Ok(out)
