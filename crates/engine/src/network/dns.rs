@@ -395,6 +395,18 @@ impl Core {
     }
 }
 
+/// What the server sends back for `query` without asking an upstream:
+/// `None` for packets it drops or forwards. The pure half of the server,
+/// for fuzzing.
+pub fn answer_locally(query: &[u8], resolver: Arc<dyn Resolver>, udp: bool) -> Option<Vec<u8>> {
+    let core = Core { resolver, upstreams: Vec::new(), upstream_timeout: Duration::ZERO };
+    let transport = if udp { Transport::Udp } else { Transport::Tcp };
+    match core.local(query) {
+        Local::Reply(msg) => encode(&msg, transport.limit()),
+        Local::Drop | Local::Forward(_) => None,
+    }
+}
+
 /// The IPv4 address of an `a.b.c.d.in-addr.arpa.` name.
 fn ptr_ipv4(name: &Name) -> Option<Ipv4Addr> {
     let mut name = name.clone();
