@@ -269,10 +269,14 @@ impl Containers {
             }
             r.ports.clear();
         });
+        // Proxies and the DNS server go now (a restart may bind the same
+        // ports at once); the table and veths are cleaned up behind.
+        let had_ports = self.networks.forget_live(&rec.id);
         let nets = self.networks.clone();
-        let id = rec.id.clone();
         tokio::spawn(async move {
-            nets.detach(&id).await;
+            if had_ports {
+                nets.reapply().await;
+            }
             for v in veths {
                 nets.unplumb(&v).await;
             }

@@ -859,7 +859,9 @@ impl Networks {
         Ok(())
     }
 
-    fn forget_live(&self, container_id: &str) -> bool {
+    /// Drops a container's DNS server and proxies at once; true when it
+    /// had port rules (the table needs [`Networks::reapply`]).
+    pub fn forget_live(&self, container_id: &str) -> bool {
         self.live.lock().expect("live lock poisoned").remove(container_id).is_some_and(|l| !l.ports.is_empty())
     }
 
@@ -867,9 +869,14 @@ impl Networks {
     /// its port rules. Its interfaces went with its namespace.
     pub async fn detach(&self, container_id: &str) {
         if self.forget_live(container_id) {
-            if let Err(e) = self.apply_rules().await {
-                tracing::warn!(container_id, error = %e, "remove port rules");
-            }
+            self.reapply().await;
+        }
+    }
+
+    /// Applies the rules again (after [`Networks::forget_live`]).
+    pub async fn reapply(&self) {
+        if let Err(e) = self.apply_rules().await {
+            tracing::warn!(error = %e, "re-apply nftables rules");
         }
     }
 
