@@ -79,6 +79,11 @@ struct Flags {
     /// The address `host-gateway` stands for in --add-host.
     #[arg(long)]
     host_gateway_ip: Option<std::net::Ipv4Addr>,
+    /// Set by berth-init in the Berth VM: ports published on a loopback
+    /// address also answer on the guest's interface, where the host's
+    /// forwards arrive.
+    #[arg(long, hide = true)]
+    vm_guest: bool,
 }
 
 struct Settings {
@@ -143,6 +148,7 @@ fn settings(flags: Flags) -> Result<Settings> {
         iptables: flags.iptables.or(file.iptables).unwrap_or(true),
         ip_forward: flags.ip_forward.or(file.ip_forward).unwrap_or(true),
         host_gateway_ip: flags.host_gateway_ip.or(file.host_gateway_ip),
+        vm_guest: flags.vm_guest,
     };
     let verify = flags.tlsverify || file.tlsverify == Some(true);
     let tls = if verify || flags.tls || file.tls == Some(true) {

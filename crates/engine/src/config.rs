@@ -133,6 +133,9 @@ pub struct EngineConfig {
     pub ip_forward: bool,
     /// `--host-gateway-ip`: what `host-gateway` in `--add-host` means.
     pub host_gateway_ip: Option<std::net::Ipv4Addr>,
+    /// `--vm-guest`: the engine runs inside the Berth VM, whose host
+    /// forwards published ports to the guest's interface.
+    pub vm_guest: bool,
 }
 
 /// The `runtimes` map of daemon.json, paths only (runtime args are not

@@ -247,6 +247,7 @@ fn net_config(config: &EngineConfig) -> std::result::Result<NetConfig, OpenError
     cfg.firewall = config.iptables;
     cfg.ip_forward = config.ip_forward;
     cfg.host_gateway_ip = config.host_gateway_ip;
+    cfg.vm_guest = config.vm_guest;
     Ok(cfg)
 }
 

@@ -129,6 +129,8 @@ pub struct NetConfig {
     pub firewall: bool,
     pub ip_forward: bool,
     pub host_gateway_ip: Option<Ipv4Addr>,
+    /// The engine runs in the Berth VM (see [`Networks::publish`]).
+    pub vm_guest: bool,
 }
 
 impl NetConfig {
@@ -144,7 +146,7 @@ impl NetConfig {
             let tag = &h.hex()[..8];
             (format!("bb-{tag}"), format!("berth-{tag}"))
         };
-        NetConfig { default_bridge: Some(bridge), bip: None, table, firewall: true, ip_forward: true, host_gateway_ip: None }
+        NetConfig { default_bridge: Some(bridge), bip: None, table, firewall: true, ip_forward: true, host_gateway_ip: None, vm_guest: false }
     }
 }
 
@@ -787,7 +789,7 @@ impl Networks {
                 for (i, ip) in ips.iter().enumerate() {
                     // All families share the port the first one got.
                     let want = if i == 0 { *hp } else { bound.or(Some(*hp)).unwrap_or(0) };
-                    let addr = SocketAddr::new(*ip, want);
+                    let addr = SocketAddr::new(self.bind_ip(*ip), want);
                     match proxy::publish(addr, proto, SocketAddr::new(IpAddr::V4(target), port)).await {
                         Ok(p) => {
                             if i == 0 {
@@ -827,7 +829,7 @@ impl Networks {
                         proxy::Proto::Tcp => nft::Proto::Tcp,
                         proxy::Proto::Udp => nft::Proto::Udp,
                     },
-                    host_ip: (!v4.is_unspecified()).then_some(*v4),
+                    host_ip: Some(*v4).filter(|v| !v.is_unspecified() && !(self.cfg.vm_guest && v.is_loopback())),
                     host_port: hp,
                     container_ip: target,
                     container_port: port,
@@ -849,6 +851,17 @@ impl Networks {
             }
         }
         Ok(out)
+    }
+
+    /// Where a port published on `ip` is opened. In the Berth VM the host
+    /// forwards its loopback ports to the guest's own interface, so a
+    /// loopback binding must answer on every guest address.
+    fn bind_ip(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v) if self.cfg.vm_guest && v.is_loopback() => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(v) if self.cfg.vm_guest && v.is_loopback() => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            other => other,
+        }
     }
 
     /// Starts the embedded DNS server in the namespace of `pid`.
