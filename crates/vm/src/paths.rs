@@ -114,6 +114,61 @@ impl BerthHome {
         self.vm_dir().join(format!("virtiofs-{n}.sock"))
     }
 
+    /// `vm/guest/`: the directory shared read-write with the guest as the
+    /// `berthcfg` 9p tag (guest.json, daemon.json, the engine log).
+    pub fn guest_dir(&self) -> PathBuf {
+        self.vm_dir().join("guest")
+    }
+
+    /// `vm/guest/guest.json`: shares, engine arguments and the host gateway,
+    /// written by the host before each boot.
+    pub fn guest_config(&self) -> PathBuf {
+        self.guest_dir().join("guest.json")
+    }
+
+    /// `vm/guest/daemon.json`: the copy of [`BerthHome::daemon_config`] the
+    /// guest engine reads.
+    pub fn guest_daemon_config(&self) -> PathBuf {
+        self.guest_dir().join("daemon.json")
+    }
+
+    /// `vm/guest/berthd.log`: the engine's log, appended by the guest.
+    pub fn engine_log(&self) -> PathBuf {
+        self.guest_dir().join("berthd.log")
+    }
+
+    /// `vm/shell.sock`: a root shell on the guest's virtconsole.
+    pub fn shell_socket(&self) -> PathBuf {
+        self.vm_dir().join("shell.sock")
+    }
+
+    /// `vm/supervisor.log`: the host-side supervisor's own log.
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.vm_dir().join("supervisor.log")
+    }
+
+    /// `vm/supervisor.lock`: flock held by the supervisor while it lives, so
+    /// a second start cannot race the first.
+    pub fn supervisor_lock(&self) -> PathBuf {
+        self.vm_dir().join("supervisor.lock")
+    }
+
+    /// `vm/stop-request.json`: the grace period a stopping client asks for,
+    /// read by the supervisor when it receives SIGTERM.
+    pub fn stop_request(&self) -> PathBuf {
+        self.vm_dir().join("stop-request.json")
+    }
+
+    /// `vm/qemu.log`: QEMU's own stdout and stderr.
+    pub fn qemu_log(&self) -> PathBuf {
+        self.vm_dir().join("qemu.log")
+    }
+
+    /// `vm/accel.json`: the cached verdict of the accelerator probe.
+    pub fn accel_cache(&self) -> PathBuf {
+        self.vm_dir().join("accel.json")
+    }
+
     /// `run/`: sockets clients connect to.
     pub fn run_dir(&self) -> PathBuf {
         self.root.join("run")
@@ -198,6 +253,15 @@ mod tests {
         assert_eq!(h.vfkit_rest_socket(), Path::new("/b/vm/vfkit-rest.sock"));
         assert_eq!(h.docker_socket(), Path::new("/b/run/docker.sock"));
         assert_eq!(h.daemon_config(), Path::new("/b/daemon.json"));
+        assert_eq!(h.guest_config(), Path::new("/b/vm/guest/guest.json"));
+        assert_eq!(
+            h.guest_daemon_config(),
+            Path::new("/b/vm/guest/daemon.json")
+        );
+        assert_eq!(h.engine_log(), Path::new("/b/vm/guest/berthd.log"));
+        assert_eq!(h.shell_socket(), Path::new("/b/vm/shell.sock"));
+        assert_eq!(h.supervisor_lock(), Path::new("/b/vm/supervisor.lock"));
+        assert_eq!(h.accel_cache(), Path::new("/b/vm/accel.json"));
         assert_eq!(h.kernel(), Path::new("/b/vm-image/vmlinuz"));
         assert_eq!(h.initrd(), Path::new("/b/vm-image/initrd.img"));
         assert_eq!(h.rootfs(), Path::new("/b/vm-image/rootfs.img"));

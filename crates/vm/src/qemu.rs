@@ -1,9 +1,15 @@
 //! The QEMU backend's pure parts: the command line and the accelerator probe.
 //!
 //! Owns how a [`VmConfig`] becomes `qemu-system-*` arguments, and the decision
-//! of which accelerator to use. It does not spawn QEMU, talk QMP ([`crate::qmp`])
-//! or start `virtiofsd`; everything here is a pure function (or takes the
-//! effectful "boot check" as an argument) so it is unit-tested without QEMU.
+//! of which accelerator to use. It does not spawn QEMU (see
+//! [`crate::qemu_backend`]), talk QMP ([`crate::qmp`]) or start `virtiofsd`;
+//! everything here is a pure function (or takes the effectful "boot check" as
+//! an argument) so it is unit-tested without QEMU.
+//!
+//! Windows (WHPX) and macOS (HVF) get the same command line with their
+//! accelerator; those variants are unit-tested only, not run. QEMU for
+//! Windows has no 9p `local` fsdev, so shares there need another transport
+//! (the WSL2 backend is the planned answer).
 //!
 //! Why the probe boots a guest: `/dev/kvm` opening is not proof that KVM
 //! works; on some hosts (nested virtualisation, this CI machine) it opens and
@@ -15,6 +21,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{Accel, VmConfig};
+use crate::image::GuestImage;
 use crate::paths::BerthHome;
 
 /// Guest architecture, which is the host's (we never emulate across ISAs).
@@ -63,8 +70,8 @@ impl HostOs {
 /// How host folders reach the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShareMode {
-    /// 9p via `-virtfs`: built into QEMU on Linux and macOS, no helper
-    /// process; the portable default.
+    /// 9p (`-fsdev local` + `virtio-9p-pci`): built into QEMU on Linux and
+    /// macOS, no helper process; the portable default.
     NineP,
     /// virtiofs via one `virtiofsd` per share on
     /// [`BerthHome::virtiofs_socket`]; faster, but Linux-only and needs guest
@@ -72,48 +79,45 @@ pub enum ShareMode {
     Virtiofs,
 }
 
-/// Where the guest serial console goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SerialMode {
-    /// Appended to [`BerthHome::console_log`] (for `berth vm logs`).
-    File,
-    /// A listening unix socket at [`BerthHome::serial_socket`] (for an
-    /// interactive console).
-    Socket,
-}
-
 /// TCP port forward from host localhost to the engine in the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineForward {
     /// Port on host 127.0.0.1; the caller picks a free one.
     pub host_port: u16,
-    /// Port `berthd` listens on in the guest.
+    /// Port the engine API answers on in the guest (berth-init's relay).
     pub guest_port: u16,
 }
+
+/// Port the guest's berth-init relays to the engine's unix socket.
+pub const GUEST_ENGINE_PORT: u16 = 2375;
+
+/// QEMU `-netdev` id of the guest's only NIC; `hostfwd_add` names it.
+pub const NETDEV_ID: &str = "n0";
+
+/// 9p mount tag of [`BerthHome::guest_dir`] in the guest.
+pub const GUEST_CONFIG_TAG: &str = "berthcfg";
+
+/// The guest kernel command line (besides the console), as agreed with
+/// `berth-init`: it finds the read-only root and the data disk by these.
+pub const GUEST_CMDLINE: &str = "quiet panic=1 berth.root=/dev/vda berth.data=/dev/vdb";
 
 /// Command-line choices that are not part of the user's [`VmConfig`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuOptions {
     /// 9p or virtiofs.
     pub share_mode: ShareMode,
-    /// Console to file or socket.
-    pub serial: SerialMode,
     /// Engine port forward; `None` forwards nothing.
     pub engine: Option<EngineForward>,
-    /// Pass `-daemonize` (QEMU forks and the parent exits once it is set up).
-    pub daemonize: bool,
 }
 
 impl Default for QemuOptions {
     fn default() -> Self {
         Self {
             share_mode: ShareMode::NineP,
-            serial: SerialMode::File,
             engine: Some(EngineForward {
-                host_port: 2375,
-                guest_port: 2375,
+                host_port: GUEST_ENGINE_PORT,
+                guest_port: GUEST_ENGINE_PORT,
             }),
-            daemonize: false,
         }
     }
 }
@@ -126,9 +130,9 @@ pub enum CommandLineError {
     UnresolvedAccel,
 }
 
-/// Mount tag of the `n`th share; the guest maps tags back to host paths.
+/// Mount tag of the `n`th share; `guest.json` maps tags back to host paths.
 pub fn share_tag(n: usize) -> String {
-    format!("berth{n}")
+    format!("share{n}")
 }
 
 /// Escapes a value for QEMU's `key=value,...` option syntax, where a literal
@@ -141,77 +145,108 @@ fn opt_path(path: &Path) -> String {
     opt_escape(&path.to_string_lossy())
 }
 
-/// [`qemu_command_line_with`] with [`QemuOptions::default`].
+/// The QEMU program for `arch`.
+pub fn qemu_program(arch: HostArch) -> &'static str {
+    match arch {
+        HostArch::X86_64 => "qemu-system-x86_64",
+        HostArch::Aarch64 => "qemu-system-aarch64",
+    }
+}
+
+/// [`qemu_command_line_with`] with the image in [`BerthHome::image_dir`] and
+/// [`QemuOptions::default`].
 pub fn qemu_command_line(
     config: &VmConfig,
     home: &BerthHome,
     accel: Accel,
     arch: HostArch,
 ) -> Result<Vec<String>, CommandLineError> {
-    qemu_command_line_with(config, home, accel, arch, &QemuOptions::default())
+    let image = GuestImage::in_dir(&home.image_dir());
+    qemu_command_line_with(config, home, &image, accel, arch, &QemuOptions::default())
 }
 
-/// The full argv (program first) that boots the Berth VM under QEMU.
+/// `-machine`/`-accel`/`-cpu` for `accel` on `arch`: a hardware accelerator
+/// runs the host CPU model, TCG emulates the richest model it has.
+fn machine_args(accel_name: &str, hardware: bool, arch: HostArch) -> [String; 6] {
+    let machine = match arch {
+        HostArch::X86_64 => "q35",
+        HostArch::Aarch64 => "virt",
+    };
+    let cpu = if hardware { "host" } else { "max" };
+    [
+        "-machine".into(),
+        machine.into(),
+        "-accel".into(),
+        accel_name.into(),
+        "-cpu".into(),
+        cpu.into(),
+    ]
+}
+
+/// The full argv (program first) that boots the Berth VM under QEMU, in the
+/// shape agreed with the guest (`berth-init`):
+///
+/// - `/dev/vda` the read-only root, `/dev/vdb` the data disk (raw, virtio);
+/// - one user-mode NIC (`n0`, guest 10.0.2.15, host 10.0.2.2) forwarding
+///   host `127.0.0.1:<engine.host_port>` to the guest engine;
+/// - 9p tag `berthcfg` = [`BerthHome::guest_dir`], and `share<n>` = the
+///   `n`th share (mounted at the same path in the guest);
+/// - a root shell on a virtconsole bound to [`BerthHome::shell_socket`];
+/// - the serial console appended to [`BerthHome::console_log`], QMP on
+///   [`BerthHome::qmp_socket`].
 ///
 /// `accel` is the resolved accelerator (not [`Accel::Auto`]). The config is
-/// assumed validated. Disks are raw images attached as virtio-blk: the root
-/// read-only (`/dev/vda`), the data disk read-write (`/dev/vdb`).
+/// assumed validated. `-no-reboot` turns a guest reboot or panic into a QEMU
+/// exit, which the supervisor reports as a crash instead of looping.
 pub fn qemu_command_line_with(
     config: &VmConfig,
     home: &BerthHome,
+    image: &GuestImage,
     accel: Accel,
     arch: HostArch,
     opts: &QemuOptions,
 ) -> Result<Vec<String>, CommandLineError> {
     let accel_name = accel.qemu_name().ok_or(CommandLineError::UnresolvedAccel)?;
-    let (program, machine, console) = match arch {
-        HostArch::X86_64 => ("qemu-system-x86_64", "q35", "ttyS0"),
-        HostArch::Aarch64 => ("qemu-system-aarch64", "virt", "ttyAMA0"),
+    let console = match arch {
+        HostArch::X86_64 => "ttyS0",
+        HostArch::Aarch64 => "ttyAMA0",
     };
-    let mut a: Vec<String> = Vec::new();
+    let mut a: Vec<String> = vec![qemu_program(arch).to_string()];
+    a.extend(machine_args(accel_name, accel.is_hardware(), arch));
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
 
+    let mem = config.memory_mib.to_string();
     push(&[
-        program,
+        "-smp",
+        &config.cpus.to_string(),
+        "-m",
+        &mem,
         "-nodefaults",
         "-no-user-config",
-        "-display",
-        "none",
+        "-nographic",
+        "-no-reboot",
     ]);
-    if accel.is_hardware() {
-        push(&[
-            "-machine",
-            &format!("{machine},accel={accel_name}"),
-            "-cpu",
-            "host",
-        ]);
-    } else {
-        push(&["-machine", machine, "-accel", accel_name, "-cpu", "max"]);
-    }
-    push(&["-smp", &config.cpus.to_string()]);
-    let mem = format!("{}M", config.memory_mib);
-    push(&["-m", &mem]);
     if opts.share_mode == ShareMode::Virtiofs && !config.shares.is_empty() {
         // vhost-user devices map guest RAM into virtiofsd, so RAM must be a
         // shareable memfd, attached to the (single) NUMA node.
         push(&[
             "-object",
-            &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+            &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
             "-numa",
             "node,memdev=mem",
         ]);
     }
 
-    let mut append = format!("console={console} root=/dev/vda ro");
+    let mut append = format!("console={console} {GUEST_CMDLINE}");
     if !config.kernel_cmdline_extra.trim().is_empty() {
         append.push(' ');
         append.push_str(config.kernel_cmdline_extra.trim());
     }
     push(&[
         "-kernel",
-        &home.kernel().to_string_lossy(),
+        &image.kernel.to_string_lossy(),
         "-initrd",
-        &home.initrd().to_string_lossy(),
+        &image.initrd.to_string_lossy(),
         "-append",
         &append,
     ]);
@@ -219,39 +254,48 @@ pub fn qemu_command_line_with(
     push(&[
         "-drive",
         &format!(
-            "if=none,id=root,format=raw,readonly=on,file={}",
-            opt_path(&home.rootfs())
+            "file={},if=virtio,format=raw,readonly=on",
+            opt_path(&image.rootfs)
         ),
-        "-device",
-        "virtio-blk-pci,drive=root",
         "-drive",
-        &format!(
-            "if=none,id=data,format=raw,file={}",
-            opt_path(&home.data_disk())
-        ),
-        "-device",
-        "virtio-blk-pci,drive=data",
+        &format!("file={},if=virtio,format=raw", opt_path(&home.data_disk())),
     ]);
 
-    let mut netdev = String::from("user,id=net0");
+    let mut netdev = format!("user,id={NETDEV_ID}");
     if let Some(fwd) = opts.engine {
         netdev.push_str(&format!(
             ",hostfwd=tcp:127.0.0.1:{}-:{}",
             fwd.host_port, fwd.guest_port
         ));
     }
-    push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
-    push(&["-device", "virtio-rng-pci"]);
+    push(&[
+        "-netdev",
+        &netdev,
+        "-device",
+        // `romfile=`: no iPXE option ROM; the guest never netboots, and
+        // loading it costs a visible part of a TCG boot.
+        &format!("virtio-net-pci,netdev={NETDEV_ID},romfile="),
+        "-device",
+        "virtio-rng-pci",
+    ]);
 
+    push(&[
+        "-fsdev",
+        &format!(
+            "local,id=cfg,path={},security_model=none",
+            opt_path(&home.guest_dir())
+        ),
+        "-device",
+        &format!("virtio-9p-pci,fsdev=cfg,mount_tag={GUEST_CONFIG_TAG}"),
+    ]);
     for (n, share) in config.shares.iter().enumerate() {
         let tag = share_tag(n);
         match opts.share_mode {
             ShareMode::NineP => push(&[
-                "-virtfs",
-                &format!(
-                    "local,path={},mount_tag={tag},security_model=mapped-xattr",
-                    opt_path(share)
-                ),
+                "-fsdev",
+                &format!("local,id=s{n},path={},security_model=none", opt_path(share)),
+                "-device",
+                &format!("virtio-9p-pci,fsdev=s{n},mount_tag={tag}"),
             ]),
             ShareMode::Virtiofs => push(&[
                 "-chardev",
@@ -268,30 +312,67 @@ pub fn qemu_command_line_with(
     // `server=on,wait=off` rather than the older `server,nowait`: QEMU
     // deprecated the bare-flag boolean form.
     push(&[
+        "-device",
+        "virtio-serial-pci",
+        "-chardev",
+        &format!(
+            "socket,id=sh,path={},server=on,wait=off",
+            opt_path(&home.shell_socket())
+        ),
+        "-device",
+        "virtconsole,chardev=sh",
+        "-serial",
+        &format!("file:{}", home.console_log().to_string_lossy()),
         "-qmp",
         &format!("unix:{},server=on,wait=off", opt_path(&home.qmp_socket())),
     ]);
-    match opts.serial {
-        SerialMode::File => push(&[
-            "-serial",
-            &format!("file:{}", home.console_log().to_string_lossy()),
-        ]),
-        SerialMode::Socket => push(&[
-            "-chardev",
-            &format!(
-                "socket,id=serial0,path={},server=on,wait=off",
-                opt_path(&home.serial_socket())
-            ),
-            "-serial",
-            "chardev:serial0",
-        ]),
-    }
-    push(&["-pidfile", &home.pid_file().to_string_lossy()]);
-    if opts.daemonize {
-        push(&["-daemonize"]);
-    }
     Ok(a)
 }
+
+/// The argv of the accelerator probe: the guest kernel and initrd alone
+/// (no disks, no network) under `accel`, console on stdout, so the caller
+/// can watch for [`PROBE_MARKERS`]. The guest is expected to fail to find
+/// its root; the probe only needs the kernel to reach userspace.
+pub fn probe_command_line(
+    image: &GuestImage,
+    accel: Accel,
+    arch: HostArch,
+) -> Result<Vec<String>, CommandLineError> {
+    let accel_name = accel.qemu_name().ok_or(CommandLineError::UnresolvedAccel)?;
+    let console = match arch {
+        HostArch::X86_64 => "ttyS0",
+        HostArch::Aarch64 => "ttyAMA0",
+    };
+    let mut a: Vec<String> = vec![qemu_program(arch).to_string()];
+    a.extend(machine_args(accel_name, accel.is_hardware(), arch));
+    a.extend(
+        [
+            "-smp",
+            "1",
+            "-m",
+            "512",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+            &image.kernel.to_string_lossy(),
+            "-initrd",
+            &image.initrd.to_string_lossy(),
+            "-append",
+            &format!("console={console} panic=-1 berth.probe=1"),
+            "-serial",
+            "stdio",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    Ok(a)
+}
+
+/// Console lines that prove the kernel reached userspace: the kernel's own
+/// "Run /init" (printed without `quiet`) or berth-init's banner.
+pub const PROBE_MARKERS: [&str; 2] = ["Run /init as init process", "berth-init"];
 
 /// The native accelerators to try for `requested` on `os`, best first.
 /// [`Accel::Tcg`] is never listed: it is the fallback, not a candidate.
@@ -383,36 +464,60 @@ mod tests {
         argv.iter().any(|a| a == flag)
     }
 
+    fn image() -> GuestImage {
+        GuestImage::in_dir(Path::new("/img"))
+    }
+
+    fn argv_for(accel: Accel, arch: HostArch) -> Vec<String> {
+        qemu_command_line_with(
+            &cfg(),
+            &home(),
+            &image(),
+            accel,
+            arch,
+            &QemuOptions {
+                engine: Some(EngineForward {
+                    host_port: 41234,
+                    guest_port: GUEST_ENGINE_PORT,
+                }),
+                ..QemuOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
     #[test]
     fn x86_kvm_uses_q35_with_accel_and_host_cpu() {
-        let argv = qemu_command_line(&cfg(), &home(), Accel::Kvm, HostArch::X86_64).unwrap();
+        let argv = argv_for(Accel::Kvm, HostArch::X86_64);
         assert_eq!(argv[0], "qemu-system-x86_64");
-        assert_eq!(values(&argv, "-machine"), ["q35,accel=kvm"]);
+        assert_eq!(values(&argv, "-machine"), ["q35"]);
+        assert_eq!(values(&argv, "-accel"), ["kvm"]);
         assert_eq!(values(&argv, "-cpu"), ["host"]);
-        assert!(!has(&argv, "-accel"));
     }
 
     #[test]
     fn tcg_uses_accel_flag_and_max_cpu() {
-        let argv = qemu_command_line(&cfg(), &home(), Accel::Tcg, HostArch::X86_64).unwrap();
+        let argv = argv_for(Accel::Tcg, HostArch::X86_64);
         assert_eq!(values(&argv, "-machine"), ["q35"]);
         assert_eq!(values(&argv, "-accel"), ["tcg"]);
         assert_eq!(values(&argv, "-cpu"), ["max"]);
     }
 
     #[test]
-    fn whpx_and_hvf_get_host_cpu() {
+    fn windows_whpx_and_macos_hvf_get_their_accel_and_host_cpu() {
         for accel in [Accel::Whpx, Accel::Hvf] {
-            let argv = qemu_command_line(&cfg(), &home(), accel, HostArch::X86_64).unwrap();
+            let argv = argv_for(accel, HostArch::X86_64);
+            assert_eq!(values(&argv, "-accel"), [accel.qemu_name().unwrap()]);
             assert_eq!(values(&argv, "-cpu"), ["host"], "{accel:?}");
         }
     }
 
     #[test]
-    fn aarch64_uses_virt_machine_and_ama_console() {
-        let argv = qemu_command_line(&cfg(), &home(), Accel::Hvf, HostArch::Aarch64).unwrap();
+    fn aarch64_hvf_uses_virt_machine_and_ama_console() {
+        let argv = argv_for(Accel::Hvf, HostArch::Aarch64);
         assert_eq!(argv[0], "qemu-system-aarch64");
-        assert_eq!(values(&argv, "-machine"), ["virt,accel=hvf"]);
+        assert_eq!(values(&argv, "-machine"), ["virt"]);
+        assert_eq!(values(&argv, "-accel"), ["hvf"]);
         assert!(values(&argv, "-append")[0].starts_with("console=ttyAMA0 "));
     }
 
@@ -420,56 +525,77 @@ mod tests {
     fn auto_accel_is_refused() {
         let err = qemu_command_line(&cfg(), &home(), Accel::Auto, HostArch::X86_64).unwrap_err();
         assert_eq!(err, CommandLineError::UnresolvedAccel);
+        let err = probe_command_line(&image(), Accel::Auto, HostArch::X86_64).unwrap_err();
+        assert_eq!(err, CommandLineError::UnresolvedAccel);
+    }
+
+    #[test]
+    fn default_image_is_under_berth_home() {
+        let argv = qemu_command_line(&cfg(), &home(), Accel::Tcg, HostArch::X86_64).unwrap();
+        assert_eq!(values(&argv, "-kernel"), ["/b/vm-image/vmlinuz"]);
+        assert_eq!(values(&argv, "-initrd"), ["/b/vm-image/initrd.img"]);
     }
 
     #[test]
     fn resources_kernel_and_append_follow_config() {
         let mut c = cfg();
-        c.kernel_cmdline_extra = " quiet berth.debug=1 ".into();
-        let argv = qemu_command_line(&c, &home(), Accel::Kvm, HostArch::X86_64).unwrap();
+        c.kernel_cmdline_extra = " berth.debug=1 ".into();
+        let argv = qemu_command_line_with(
+            &c,
+            &home(),
+            &image(),
+            Accel::Tcg,
+            HostArch::X86_64,
+            &QemuOptions::default(),
+        )
+        .unwrap();
         assert_eq!(values(&argv, "-smp"), ["2"]);
-        assert_eq!(values(&argv, "-m"), ["2048M"]);
-        assert_eq!(values(&argv, "-kernel"), ["/b/vm-image/vmlinuz"]);
-        assert_eq!(values(&argv, "-initrd"), ["/b/vm-image/initrd.img"]);
+        assert_eq!(values(&argv, "-m"), ["2048"]);
+        assert_eq!(values(&argv, "-kernel"), ["/img/vmlinuz"]);
+        assert_eq!(values(&argv, "-initrd"), ["/img/initrd.img"]);
         assert_eq!(
             values(&argv, "-append"),
-            ["console=ttyS0 root=/dev/vda ro quiet berth.debug=1"]
+            ["console=ttyS0 quiet panic=1 berth.root=/dev/vda berth.data=/dev/vdb berth.debug=1"]
         );
     }
 
     #[test]
-    fn root_is_read_only_and_data_disk_is_writable() {
-        let argv = qemu_command_line(&cfg(), &home(), Accel::Kvm, HostArch::X86_64).unwrap();
-        let drives = values(&argv, "-drive");
+    fn root_is_read_only_vda_and_data_disk_is_writable_vdb() {
+        let argv = argv_for(Accel::Tcg, HostArch::X86_64);
         assert_eq!(
-            drives[0],
-            "if=none,id=root,format=raw,readonly=on,file=/b/vm-image/rootfs.img"
+            values(&argv, "-drive"),
+            [
+                "file=/img/rootfs.img,if=virtio,format=raw,readonly=on",
+                "file=/b/vm/disk.img,if=virtio,format=raw"
+            ]
         );
-        assert_eq!(drives[1], "if=none,id=data,format=raw,file=/b/vm/disk.img");
-        assert!(values(&argv, "-device").contains(&"virtio-blk-pci,drive=root"));
-        assert!(values(&argv, "-device").contains(&"virtio-blk-pci,drive=data"));
     }
 
     #[test]
     fn user_network_forwards_engine_port_on_localhost() {
-        let argv = qemu_command_line(&cfg(), &home(), Accel::Kvm, HostArch::X86_64).unwrap();
+        let argv = argv_for(Accel::Tcg, HostArch::X86_64);
         assert_eq!(
             values(&argv, "-netdev"),
-            ["user,id=net0,hostfwd=tcp:127.0.0.1:2375-:2375"]
+            ["user,id=n0,hostfwd=tcp:127.0.0.1:41234-:2375"]
         );
-        assert!(values(&argv, "-device").contains(&"virtio-net-pci,netdev=net0"));
+        assert!(values(&argv, "-device").contains(&"virtio-net-pci,netdev=n0,romfile="));
     }
 
     #[test]
-    fn shares_default_to_9p_with_mapped_xattr() {
-        let argv = qemu_command_line(&cfg(), &home(), Accel::Kvm, HostArch::X86_64).unwrap();
+    fn guest_dir_and_shares_are_9p_with_agreed_tags() {
+        let argv = argv_for(Accel::Tcg, HostArch::X86_64);
         assert_eq!(
-            values(&argv, "-virtfs"),
+            values(&argv, "-fsdev"),
             [
-                "local,path=/home/u,mount_tag=berth0,security_model=mapped-xattr",
-                "local,path=/tmp,mount_tag=berth1,security_model=mapped-xattr"
+                "local,id=cfg,path=/b/vm/guest,security_model=none",
+                "local,id=s0,path=/home/u,security_model=none",
+                "local,id=s1,path=/tmp,security_model=none"
             ]
         );
+        let devices = values(&argv, "-device");
+        assert!(devices.contains(&"virtio-9p-pci,fsdev=cfg,mount_tag=berthcfg"));
+        assert!(devices.contains(&"virtio-9p-pci,fsdev=s0,mount_tag=share0"));
+        assert!(devices.contains(&"virtio-9p-pci,fsdev=s1,mount_tag=share1"));
         assert!(!has(&argv, "-numa"));
     }
 
@@ -479,22 +605,22 @@ mod tests {
             share_mode: ShareMode::Virtiofs,
             ..QemuOptions::default()
         };
-        let argv =
-            qemu_command_line_with(&cfg(), &home(), Accel::Kvm, HostArch::X86_64, &opts).unwrap();
-        assert!(!has(&argv, "-virtfs"));
+        let argv = qemu_command_line_with(
+            &cfg(),
+            &home(),
+            &image(),
+            Accel::Kvm,
+            HostArch::X86_64,
+            &opts,
+        )
+        .unwrap();
         assert_eq!(
             values(&argv, "-object"),
             ["memory-backend-memfd,id=mem,size=2048M,share=on"]
         );
         assert_eq!(values(&argv, "-numa"), ["node,memdev=mem"]);
-        assert_eq!(
-            values(&argv, "-chardev"),
-            [
-                "socket,id=fs0,path=/b/vm/virtiofs-0.sock",
-                "socket,id=fs1,path=/b/vm/virtiofs-1.sock"
-            ]
-        );
-        assert!(values(&argv, "-device").contains(&"vhost-user-fs-pci,chardev=fs1,tag=berth1"));
+        assert!(values(&argv, "-chardev").contains(&"socket,id=fs0,path=/b/vm/virtiofs-0.sock"));
+        assert!(values(&argv, "-device").contains(&"vhost-user-fs-pci,chardev=fs1,tag=share1"));
     }
 
     #[test]
@@ -502,40 +628,39 @@ mod tests {
         let mut c = cfg();
         c.shares = vec![PathBuf::from("/home/a,b")];
         let argv = qemu_command_line(&c, &home(), Accel::Kvm, HostArch::X86_64).unwrap();
-        assert_eq!(
-            values(&argv, "-virtfs"),
-            ["local,path=/home/a,,b,mount_tag=berth0,security_model=mapped-xattr"]
+        assert!(
+            values(&argv, "-fsdev").contains(&"local,id=s0,path=/home/a,,b,security_model=none")
         );
     }
 
     #[test]
-    fn control_console_and_headless_flags() {
-        let argv = qemu_command_line(&cfg(), &home(), Accel::Kvm, HostArch::X86_64).unwrap();
+    fn shell_console_qmp_and_headless_flags() {
+        let argv = argv_for(Accel::Tcg, HostArch::X86_64);
         assert_eq!(
             values(&argv, "-qmp"),
             ["unix:/b/vm/qmp.sock,server=on,wait=off"]
         );
         assert_eq!(values(&argv, "-serial"), ["file:/b/vm/console.log"]);
-        assert_eq!(values(&argv, "-display"), ["none"]);
-        assert_eq!(values(&argv, "-pidfile"), ["/b/vm/pid"]);
-        assert!(has(&argv, "-nodefaults"));
-        assert!(has(&argv, "-no-user-config"));
-        assert!(!has(&argv, "-daemonize"));
+        assert_eq!(
+            values(&argv, "-chardev"),
+            ["socket,id=sh,path=/b/vm/shell.sock,server=on,wait=off"]
+        );
+        let devices = values(&argv, "-device");
+        assert!(devices.contains(&"virtio-serial-pci"));
+        assert!(devices.contains(&"virtconsole,chardev=sh"));
+        for flag in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
+            assert!(has(&argv, flag), "{flag}");
+        }
     }
 
     #[test]
-    fn serial_socket_and_daemonize_when_asked() {
-        let opts = QemuOptions {
-            serial: SerialMode::Socket,
-            daemonize: true,
-            ..QemuOptions::default()
-        };
-        let argv =
-            qemu_command_line_with(&cfg(), &home(), Accel::Kvm, HostArch::X86_64, &opts).unwrap();
-        assert_eq!(values(&argv, "-serial"), ["chardev:serial0"]);
-        assert!(values(&argv, "-chardev")
-            .contains(&"socket,id=serial0,path=/b/vm/serial.sock,server=on,wait=off"));
-        assert!(has(&argv, "-daemonize"));
+    fn probe_boots_kernel_alone_with_console_on_stdout() {
+        let argv = probe_command_line(&image(), Accel::Kvm, HostArch::X86_64).unwrap();
+        assert_eq!(values(&argv, "-accel"), ["kvm"]);
+        assert_eq!(values(&argv, "-serial"), ["stdio"]);
+        assert!(!has(&argv, "-drive"));
+        assert!(!has(&argv, "-netdev"));
+        assert!(!values(&argv, "-append")[0].contains("quiet"));
     }
 
     #[test]

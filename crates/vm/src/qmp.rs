@@ -1,21 +1,26 @@
-//! A minimal QMP (QEMU Machine Protocol) client over a unix socket.
+//! The QMP (QEMU Machine Protocol) client, on the `qapi` crate.
 //!
-//! Owns the JSON exchange with QEMU's `-qmp unix:...` socket: read the
-//! greeting, negotiate with `qmp_capabilities`, then one command at a time,
-//! skipping asynchronous events while waiting for a command's `return` or
-//! `error`. QMP is line-based: each message is one JSON object followed by
-//! CRLF. It does not own when to stop or how to escalate (see
-//! [`crate::backend::escalate_stop`]), nor spawning QEMU.
+//! Owns connecting to QEMU's `-qmp unix:...` socket (greeting, then
+//! `qmp_capabilities`) and the few typed commands the VM manager sends:
+//! `system_powerdown`, `quit`, `query-status` and `human-monitor-command`
+//! (for `hostfwd_add`/`hostfwd_remove`, which have no QMP equivalent). The
+//! wire handling (JSON lines, command ids, skipping asynchronous events) is
+//! `qapi`'s, with types generated from QEMU's own schema. It does not own
+//! when to stop or how to escalate (see [`crate::backend::escalate_stop`]),
+//! nor spawning QEMU.
 //!
-//! Commands carry an `id` that QEMU echoes, so a reply that does not belong
-//! to the command in flight is detected rather than misattributed.
+//! QEMU's QMP socket serves one client at a time, so callers connect per
+//! operation and drop the client when done. That also keeps sessions short:
+//! `qapi` decodes events against the schema it was generated from, and an
+//! event that schema does not know (a much newer QEMU) arriving while a
+//! command is in flight fails that command; a short session makes that
+//! unlikely, and every caller treats a failed command as retryable.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use qapi::futures::{QapiStream, QmpStreamTokio};
+use qapi::qmp;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::UnixStream;
 
 /// A QMP operation that failed.
@@ -27,44 +32,29 @@ pub enum QmpError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The first message was not a QMP greeting.
-    #[error("read qmp greeting: unexpected message {0}")]
-    Greeting(String),
-    /// Writing a command failed.
-    #[error("send qmp command {command}")]
-    Send {
-        command: String,
+    /// The greeting or capabilities negotiation failed (not QMP, or closed).
+    #[error("negotiate qmp on {path:?}")]
+    Greeting {
+        path: PathBuf,
         source: std::io::Error,
     },
-    /// Reading a reply failed.
-    #[error("read reply to qmp command {command}")]
-    Receive {
-        command: String,
+    /// Sending the command or reading its reply failed (QEMU went away).
+    #[error("run qmp command {command}")]
+    Io {
+        command: &'static str,
         source: std::io::Error,
-    },
-    /// QEMU closed the socket before replying.
-    #[error("read reply to qmp command {command}: connection closed")]
-    Closed { command: String },
-    /// A line was not a JSON object QMP could have sent.
-    #[error("decode qmp message {line:?}")]
-    Decode {
-        line: String,
-        source: serde_json::Error,
     },
     /// QEMU answered with an `error` reply.
     #[error("qmp command {command} failed: {class}: {desc}")]
     Command {
-        command: String,
+        command: &'static str,
         class: String,
         desc: String,
     },
-    /// A reply of an unexpected shape (wrong id, neither return nor error).
-    #[error("read reply to qmp command {command}: unexpected message {message}")]
-    UnexpectedReply { command: String, message: String },
 }
 
 /// Result of `query-status`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QmpStatus {
     /// Whether guest CPUs are running.
     pub running: bool,
@@ -72,14 +62,21 @@ pub struct QmpStatus {
     pub status: String,
 }
 
+type Stream =
+    QapiStream<QmpStreamTokio<ReadHalf<UnixStream>>, QmpStreamTokio<WriteHalf<UnixStream>>>;
+
 /// A negotiated QMP session.
-#[derive(Debug)]
 pub struct QmpClient {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-    greeting: Value,
-    events: Vec<Value>,
-    next_id: u64,
+    stream: Stream,
+    version: (i64, i64, i64),
+}
+
+impl std::fmt::Debug for QmpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QmpClient")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
 }
 
 impl QmpClient {
@@ -91,157 +88,81 @@ impl QmpClient {
                 path: path.to_path_buf(),
                 source,
             })?;
-        Self::handshake(stream).await
-    }
-
-    /// Reads the greeting from an already connected stream and negotiates.
-    pub async fn handshake(stream: UnixStream) -> Result<Self, QmpError> {
-        let (r, w) = stream.into_split();
-        let mut client = Self {
-            reader: BufReader::new(r),
-            writer: w,
-            greeting: Value::Null,
-            events: Vec::new(),
-            next_id: 0,
-        };
-        let greeting = client.read_message("greeting").await?;
-        if greeting.get("QMP").is_none() {
-            return Err(QmpError::Greeting(greeting.to_string()));
-        }
-        client.greeting = greeting;
-        client.execute("qmp_capabilities", None).await?;
-        Ok(client)
-    }
-
-    /// The `QMP` object QEMU greeted with (version, capabilities).
-    pub fn greeting(&self) -> &Value {
-        &self.greeting
-    }
-
-    /// Events received while waiting for replies, oldest first; drains them.
-    pub fn take_events(&mut self) -> Vec<Value> {
-        std::mem::take(&mut self.events)
-    }
-
-    /// Runs `command` with optional `arguments` and returns its `return` value.
-    pub async fn execute(
-        &mut self,
-        command: &str,
-        arguments: Option<Value>,
-    ) -> Result<Value, QmpError> {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut msg = json!({ "execute": command, "id": id });
-        if let Some(args) = arguments {
-            msg["arguments"] = args;
-        }
-        let mut line = msg.to_string();
-        line.push_str("\r\n");
-        let send_err = |source| QmpError::Send {
-            command: command.to_string(),
+        let greeting = |source| QmpError::Greeting {
+            path: path.to_path_buf(),
             source,
         };
-        self.writer
-            .write_all(line.as_bytes())
-            .await
-            .map_err(send_err)?;
-        self.writer.flush().await.map_err(send_err)?;
+        let negotiation = QmpStreamTokio::open(stream).await.map_err(greeting)?;
+        let v = &negotiation.capabilities.QMP.version.qemu;
+        let version = (v.major, v.minor, v.micro);
+        let stream = negotiation.negotiate().await.map_err(greeting)?;
+        Ok(Self { stream, version })
+    }
 
-        loop {
-            let reply = self.read_message(command).await?;
-            if reply.get("event").is_some() {
-                tracing::debug!(vm = "berth", event = %reply["event"], "qmp event");
-                self.events.push(reply);
-                continue;
-            }
-            if reply.get("id").is_some_and(|v| v != &json!(id)) {
-                return Err(QmpError::UnexpectedReply {
-                    command: command.to_string(),
-                    message: reply.to_string(),
-                });
-            }
-            if let Some(ret) = reply.get("return") {
-                return Ok(ret.clone());
-            }
-            if let Some(err) = reply.get("error") {
-                let field = |k: &str| {
-                    err.get(k)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                return Err(QmpError::Command {
-                    command: command.to_string(),
-                    class: field("class"),
-                    desc: field("desc"),
-                });
-            }
-            return Err(QmpError::UnexpectedReply {
-                command: command.to_string(),
-                message: reply.to_string(),
-            });
-        }
+    /// QEMU's version (major, minor, micro) from the greeting.
+    pub fn qemu_version(&self) -> (i64, i64, i64) {
+        self.version
+    }
+
+    async fn run<C>(&mut self, command: C) -> Result<C::Ok, QmpError>
+    where
+        C: qapi::qmp::QmpCommand + qapi::Command + 'static,
+    {
+        let name = <C as qapi::Command>::NAME;
+        self.stream.execute(command).await.map_err(|e| match e {
+            qapi::ExecuteError::Qapi(err) => QmpError::Command {
+                command: name,
+                class: format!("{:?}", err.class),
+                desc: err.desc,
+            },
+            qapi::ExecuteError::Io(source) => QmpError::Io {
+                command: name,
+                source,
+            },
+        })
     }
 
     /// Asks the guest to shut down via ACPI; returns once QEMU accepted the
     /// request, not when the guest is off.
     pub async fn system_powerdown(&mut self) -> Result<(), QmpError> {
-        self.execute("system_powerdown", None).await.map(drop)
+        self.run(qmp::system_powerdown {}).await.map(drop)
     }
 
     /// Ends QEMU immediately (no guest shutdown).
     pub async fn quit(&mut self) -> Result<(), QmpError> {
-        self.execute("quit", None).await.map(drop)
+        self.run(qmp::quit {}).await.map(drop)
     }
 
     /// `query-status`.
     pub async fn query_status(&mut self) -> Result<QmpStatus, QmpError> {
-        let v = self.execute("query-status", None).await?;
-        serde_json::from_value(v.clone()).map_err(|source| QmpError::Decode {
-            line: v.to_string(),
-            source,
+        let info = self.run(qmp::query_status {}).await?;
+        let status = serde_json::to_value(info.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{:?}", info.status));
+        Ok(QmpStatus {
+            running: info.running,
+            status,
         })
     }
 
-    async fn read_message(&mut self, waiting_for: &str) -> Result<Value, QmpError> {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = self
-                .reader
-                .read_line(&mut line)
-                .await
-                .map_err(|source| QmpError::Receive {
-                    command: waiting_for.to_string(),
-                    source,
-                })?;
-            if n == 0 {
-                return Err(QmpError::Closed {
-                    command: waiting_for.to_string(),
-                });
-            }
-            if !line.trim().is_empty() {
-                break;
-            }
-        }
-        let trimmed = line.trim();
-        let value: Value = serde_json::from_str(trimmed).map_err(|source| QmpError::Decode {
-            line: trimmed.to_string(),
-            source,
-        })?;
-        if !value.is_object() {
-            return Err(QmpError::UnexpectedReply {
-                command: waiting_for.to_string(),
-                message: trimmed.to_string(),
-            });
-        }
-        Ok(value)
+    /// Runs one HMP command line and returns its text output. HMP reports
+    /// most failures as text rather than as a QMP error, so callers must
+    /// read the output.
+    pub async fn human_monitor_command(&mut self, line: &str) -> Result<String, QmpError> {
+        self.run(qmp::human_monitor_command {
+            command_line: line.to_string(),
+            cpu_index: None,
+        })
+        .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::UnixListener;
 
     const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 8}, "package": ""}, "capabilities": ["oob"]}}"#;
@@ -297,7 +218,7 @@ mod tests {
     #[tokio::test]
     async fn connect_reads_greeting_and_negotiates() {
         let (client, server, _dir) = connect_fake(vec![negotiate()]).await;
-        assert_eq!(client.greeting()["QMP"]["version"]["qemu"]["major"], 8);
+        assert_eq!(client.qemu_version(), (8, 2, 0));
         server.await.unwrap();
     }
 
@@ -308,7 +229,7 @@ mod tests {
             Exchange {
                 expect: "query-status",
                 reply: vec![
-                    r#"{"event": "RTC_CHANGE", "data": {"offset": 0}, "timestamp": {"seconds": 1, "microseconds": 2}}"#,
+                    r#"{"event": "POWERDOWN", "timestamp": {"seconds": 1, "microseconds": 2}}"#,
                     r#"{"return": {"running": true, "singlestep": false, "status": "running"}, "id": {id}}"#,
                 ],
             },
@@ -322,9 +243,6 @@ mod tests {
                 status: "running".into()
             }
         );
-        let events = client.take_events();
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0]["event"], "RTC_CHANGE");
         server.await.unwrap();
     }
 
@@ -374,7 +292,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn execute_passes_arguments() {
+    async fn human_monitor_command_sends_command_line_and_returns_text() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qmp.sock");
         let listener = UnixListener::bind(&path).unwrap();
@@ -385,26 +303,40 @@ mod tests {
             w.write_all(format!("{GREETING}\r\n").as_bytes())
                 .await
                 .unwrap();
+            let mut seen = Vec::new();
             for _ in 0..2 {
                 let mut line = String::new();
                 r.read_line(&mut line).await.unwrap();
                 let cmd: Value = serde_json::from_str(line.trim()).unwrap();
-                let ret = cmd.get("arguments").cloned().unwrap_or(json!({}));
-                w.write_all(format!("{}\r\n", json!({"return": ret, "id": cmd["id"]})).as_bytes())
+                let ret = match cmd["execute"].as_str().unwrap() {
+                    "human-monitor-command" => {
+                        json!("Could not set up host forwarding rule 'tcp:0.0.0.0:80-:80'\r\n")
+                    }
+                    _ => json!({}),
+                };
+                let mut reply = json!({"return": ret});
+                if let Some(id) = cmd.get("id") {
+                    reply["id"] = id.clone();
+                }
+                w.write_all(format!("{reply}\r\n").as_bytes())
                     .await
                     .unwrap();
+                seen.push(cmd);
             }
+            seen
         });
         let mut client = QmpClient::connect(&path).await.unwrap();
-        let echoed = client
-            .execute(
-                "human-monitor-command",
-                Some(json!({"command-line": "info cpus"})),
-            )
+        let out = client
+            .human_monitor_command("hostfwd_add n0 tcp:0.0.0.0:80-:80")
             .await
             .unwrap();
-        assert_eq!(echoed, json!({"command-line": "info cpus"}));
-        server.await.unwrap();
+        assert!(out.starts_with("Could not set up host forwarding rule"));
+        let seen = server.await.unwrap();
+        assert_eq!(seen[1]["execute"], "human-monitor-command");
+        assert_eq!(
+            seen[1]["arguments"]["command-line"],
+            "hostfwd_add n0 tcp:0.0.0.0:80-:80"
+        );
     }
 
     #[tokio::test]
@@ -412,10 +344,7 @@ mod tests {
         let (mut client, server, _dir) = connect_fake(vec![negotiate()]).await;
         server.await.unwrap(); // the fake hangs up after its script
         let err = client.query_status().await.unwrap_err();
-        assert!(
-            matches!(err, QmpError::Closed { .. } | QmpError::Send { .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, QmpError::Io { .. }), "{err:?}");
     }
 
     #[tokio::test]
@@ -428,7 +357,7 @@ mod tests {
             stream.write_all(b"{\"hello\": 1}\r\n").await.unwrap();
         });
         let err = QmpClient::connect(&path).await.unwrap_err();
-        assert!(matches!(err, QmpError::Greeting(_)), "{err:?}");
+        assert!(matches!(err, QmpError::Greeting { .. }), "{err:?}");
         server.await.unwrap();
     }
 

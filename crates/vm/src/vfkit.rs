@@ -357,8 +357,8 @@ mod tests {
                 "virtio-blk,path=/b/vm/disk.img",
                 "virtio-net,nat",
                 "virtio-vsock,port=2375,socketURL=/b/run/docker.sock,listen",
-                "virtio-fs,sharedDir=/Users/u,mountTag=berth0",
-                "virtio-fs,sharedDir=/tmp,mountTag=berth1",
+                "virtio-fs,sharedDir=/Users/u,mountTag=share0",
+                "virtio-fs,sharedDir=/tmp,mountTag=share1",
                 "virtio-rng",
                 "virtio-serial,logFilePath=/b/vm/console.log",
             ]
