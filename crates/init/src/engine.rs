@@ -13,9 +13,36 @@ pub const SOCKET: &str = "/run/berth/docker.sock";
 pub const DATA_ROOT: &str = "/var/lib/berth/engine";
 pub const EXEC_ROOT: &str = "/run/berth/exec";
 
-/// berthd's arguments. `daemon_json` when the host provided one;
-/// `gateway_flag` when this berthd knows `--host-gateway-ip`.
-pub fn args(daemon_json: Option<&Path>, gateway: &str, gateway_flag: bool, extra: &[String]) -> Vec<String> {
+/// What this berthd and the host's daemon.json allow berth-init to pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// berthd knows `--host-gateway-ip` and daemon.json does not set
+    /// `host-gateway-ip` (berthd refuses a setting given both ways).
+    pub host_gateway_ip: bool,
+    /// berthd knows `--vm-guest` (loopback-published ports also answer on
+    /// the guest's interface, where the host's forwards arrive).
+    pub vm_guest: bool,
+}
+
+impl Flags {
+    /// From `accepts` (does this berthd accept these arguments? see
+    /// [`accepts`]; some flags are hidden from `--help`) and the daemon.json
+    /// text (if any).
+    pub fn detect(accepts: impl Fn(&[&str]) -> bool, daemon_json: Option<&str>) -> Flags {
+        let set_in_file = |key: &str| {
+            daemon_json
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+                .is_some_and(|v| v.get(key).is_some())
+        };
+        Flags {
+            host_gateway_ip: !set_in_file("host-gateway-ip") && accepts(&["--host-gateway-ip", crate::net::GATEWAY]),
+            vm_guest: !set_in_file("vm-guest") && accepts(&["--vm-guest"]),
+        }
+    }
+}
+
+/// berthd's arguments. `daemon_json` when the host provided one.
+pub fn args(daemon_json: Option<&Path>, gateway: &str, flags: Flags, extra: &[String]) -> Vec<String> {
     let mut a = vec![
         "-H".to_string(),
         format!("unix://{SOCKET}"),
@@ -28,20 +55,28 @@ pub fn args(daemon_json: Option<&Path>, gateway: &str, gateway_flag: bool, extra
         a.push("--config-file".into());
         a.push(p.display().to_string());
     }
-    if gateway_flag {
+    if flags.host_gateway_ip {
         a.push("--host-gateway-ip".into());
         a.push(gateway.to_string());
+    }
+    if flags.vm_guest {
+        a.push("--vm-guest".into());
     }
     a.extend(extra.iter().cloned());
     a
 }
 
-/// Whether `berthd --help` lists `flag`.
-pub fn supports_flag(flag: &str) -> bool {
-    match crate::sys::command(BERTHD).arg("--help").stdin(Stdio::null()).stderr(Stdio::null()).output() {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).contains(flag),
-        Err(_) => false,
-    }
+/// Whether this berthd accepts `args`: `berthd <args> --help` exits 0, and
+/// fails on an unknown flag.
+pub fn accepts(args: &[&str]) -> bool {
+    crate::sys::command(BERTHD)
+        .args(args)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Lines worth copying to the console.
@@ -164,7 +199,7 @@ mod tests {
 
     #[test]
     fn engine_args_follow_the_contract() {
-        let a = args(Some(Path::new("/run/berth/host/daemon.json")), "10.0.2.2", false, &["--debug".to_string()]);
+        let a = args(Some(Path::new("/run/berth/host/daemon.json")), "10.0.2.2", Flags::default(), &["--debug".to_string()]);
         assert_eq!(
             a,
             [
@@ -182,10 +217,27 @@ mod tests {
     }
 
     #[test]
-    fn gateway_flag_is_passed_only_when_supported() {
-        let a = args(None, "10.0.2.2", true, &[]);
+    fn supported_flags_are_passed() {
+        let flags = Flags::detect(|_| true, None);
+        assert_eq!(flags, Flags { host_gateway_ip: true, vm_guest: true });
+        let a = args(None, "10.0.2.2", flags, &[]);
         assert!(a.windows(2).any(|w| w[0] == "--host-gateway-ip" && w[1] == "10.0.2.2"));
+        assert!(a.contains(&"--vm-guest".to_string()));
         assert!(!a.contains(&"--config-file".to_string()));
+    }
+
+    #[test]
+    fn unknown_flags_are_not_passed() {
+        assert_eq!(Flags::detect(|_| false, None), Flags::default());
+        let only_gateway = Flags::detect(|a| a[0] == "--host-gateway-ip", None);
+        assert_eq!(only_gateway, Flags { host_gateway_ip: true, vm_guest: false });
+    }
+
+    #[test]
+    fn gateway_set_in_daemon_json_is_not_repeated_as_a_flag() {
+        let flags = Flags::detect(|_| true, Some(r#"{"host-gateway-ip": "10.0.2.2"}"#));
+        assert!(!flags.host_gateway_ip);
+        assert!(flags.vm_guest);
     }
 
     #[test]

@@ -476,12 +476,13 @@ impl Supervisor {
     fn new(c: &cmdline::Cmdline, cfg: &guest::GuestConfig, have_host_dir: bool) -> Supervisor {
         let daemon_json = Path::new(HOST_DIR).join("daemon.json");
         let daemon_json = (have_host_dir && daemon_json.exists()).then_some(daemon_json);
-        let gateway_flag = engine::supports_flag("--host-gateway-ip");
+        let daemon_text = daemon_json.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+        let flags = engine::Flags::detect(engine::accepts, daemon_text.as_deref());
         let mut extra = cfg.engine_args.clone();
         if c.debug && !extra.iter().any(|a| a == "--debug" || a == "-D") {
             extra.push("--debug".into());
         }
-        let args = engine::args(daemon_json.as_deref(), &cfg.host_gateway, gateway_flag, &extra);
+        let args = engine::args(daemon_json.as_deref(), &cfg.host_gateway, flags, &extra);
         let log_path = if have_host_dir { PathBuf::from(HOST_DIR).join("berthd.log") } else { PathBuf::from("/run/log/berthd.log") };
         let sink = match engine::LogSink::start(log_path) {
             Ok(s) => Some(s),

@@ -183,12 +183,21 @@ impl Containers {
     pub(crate) fn extra_hosts(&self, r: &Record) -> Vec<String> {
         let list: Vec<String> = r.host_config.get("ExtraHosts").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
         let gw = self.networks.host_gateway();
-        list.into_iter()
+        let gw_text = gw.map(|g| g.to_string()).unwrap_or_else(|| "127.0.0.1".into());
+        let mut out: Vec<String> = list
+            .into_iter()
             .map(|e| match e.split_once(':') {
-                Some((h, "host-gateway")) => format!("{h}:{}", gw.map(|g| g.to_string()).unwrap_or_else(|| "127.0.0.1".into())),
+                Some((h, "host-gateway")) => format!("{h}:{gw_text}"),
                 _ => e,
             })
-            .collect()
+            .collect();
+        // In the Berth VM, as in Docker Desktop, every container knows the
+        // host by name.
+        if self.networks.cfg.vm_guest && gw.is_some() && !out.iter().any(|e| e.starts_with("host.docker.internal:")) {
+            out.push(format!("host.docker.internal:{gw_text}"));
+            out.push(format!("gateway.docker.internal:{gw_text}"));
+        }
+        out
     }
 
     /// Keeps the planned addresses in the record, so whatever happens
