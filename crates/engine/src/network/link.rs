@@ -397,9 +397,14 @@ impl Netlink {
                 format!("bridge {bridge} for veth {host_name} does not exist"),
             )
         })?;
-        let mut peer = LinkUnspec::new_with_name(peer_tmp_name);
+        // One request: the peer is born in the container's namespace (moving
+        // it afterwards costs an RCU grace period, ~20 ms), the host end on
+        // the bridge and up.
+        let mut peer = LinkUnspec::new_with_name(peer_tmp_name).setns_by_fd(ns.as_raw_fd());
         let mut msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-            .name(host_name.to_string());
+            .name(host_name.to_string())
+            .controller(br.header.index)
+            .up();
         if let Some(mtu) = link_mtu(&br) {
             peer = peer.mtu(mtu);
             msg = msg.mtu(mtu);
@@ -412,59 +417,9 @@ impl Netlink {
             .add(msg)
             .execute()
             .await
-            .map_err(|e| nl_err(format!("create veth pair {host_name}/{peer_tmp_name}"), e))?;
-
-        let res = self
-            .finish_veth(
-                host_name,
-                br.header.index,
-                bridge,
-                peer_tmp_name,
-                &ns,
-                netns,
-            )
-            .await;
-        if res.is_err() {
-            // Deleting one end deletes the pair, wherever the peer is.
-            if let Err(e) = self.delete_link(host_name).await {
-                tracing::warn!(error = %e, "cannot remove veth {host_name} after failure");
-            }
-        }
-        res
+            .map_err(|e| nl_err(format!("create veth pair {host_name}/{peer_tmp_name} into {} on {bridge}", netns.display()), e))
     }
 
-    async fn finish_veth(
-        &self,
-        host_name: &str,
-        bridge_index: u32,
-        bridge: &str,
-        peer_tmp_name: &str,
-        ns: &File,
-        netns: &Path,
-    ) -> io::Result<()> {
-        let peer_index = self.index_of(peer_tmp_name).await?;
-        let msg = LinkUnspec::new_with_index(peer_index)
-            .setns_by_fd(ns.as_raw_fd())
-            .build();
-        self.handle.link().set(msg).execute().await.map_err(|e| {
-            nl_err(
-                format!("move {peer_tmp_name} into namespace {}", netns.display()),
-                e,
-            )
-        })?;
-
-        let host_index = self.index_of(host_name).await?;
-        let msg = LinkUnspec::new_with_index(host_index)
-            .controller(bridge_index)
-            .up()
-            .build();
-        self.handle
-            .link()
-            .change(msg)
-            .execute()
-            .await
-            .map_err(|e| nl_err(format!("attach {host_name} to bridge {bridge}"), e))
-    }
 
     /// On a [`Netlink::in_netns`] connection: turns the interface moved in by
     /// [`Netlink::create_veth_into`] into the container's endpoint. Renames
