@@ -183,6 +183,14 @@ fn machine_args(accel_name: &str, hardware: bool, arch: HostArch) -> [String; 6]
     ]
 }
 
+/// The guest's serial console device name on `arch`.
+fn serial_console(arch: HostArch) -> &'static str {
+    match arch {
+        HostArch::X86_64 => "ttyS0",
+        HostArch::Aarch64 => "ttyAMA0",
+    }
+}
+
 /// The full argv (program first) that boots the Berth VM under QEMU, in the
 /// shape agreed with the guest (`berth-init`):
 ///
@@ -207,10 +215,7 @@ pub fn qemu_command_line_with(
     opts: &QemuOptions,
 ) -> Result<Vec<String>, CommandLineError> {
     let accel_name = accel.qemu_name().ok_or(CommandLineError::UnresolvedAccel)?;
-    let console = match arch {
-        HostArch::X86_64 => "ttyS0",
-        HostArch::Aarch64 => "ttyAMA0",
-    };
+    let console = serial_console(arch);
     let mut a: Vec<String> = vec![qemu_program(arch).to_string()];
     a.extend(machine_args(accel_name, accel.is_hardware(), arch));
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -339,10 +344,7 @@ pub fn probe_command_line(
     arch: HostArch,
 ) -> Result<Vec<String>, CommandLineError> {
     let accel_name = accel.qemu_name().ok_or(CommandLineError::UnresolvedAccel)?;
-    let console = match arch {
-        HostArch::X86_64 => "ttyS0",
-        HostArch::Aarch64 => "ttyAMA0",
-    };
+    let console = serial_console(arch);
     let mut a: Vec<String> = vec![qemu_program(arch).to_string()];
     a.extend(machine_args(accel_name, accel.is_hardware(), arch));
     a.extend(

@@ -342,28 +342,23 @@ impl Netlink {
                 })
         });
         if !has_gateway {
-            match self
-                .handle
-                .address()
-                .add(index, IpAddr::V4(gateway), prefix)
-                .execute()
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if is_errno(&e, libc::EEXIST) => {}
-                Err(e) => {
-                    return Err(nl_err(
-                        format!("add address {gateway}/{prefix} to bridge {name}"),
-                        e,
-                    ))
-                }
-            }
+            self.add_address(index, gateway, prefix, &format!("bridge {name}")).await?;
         }
 
         if !link.header.flags.contains(LinkFlags::Up) {
             self.set_up(index, name).await?;
         }
         Ok(())
+    }
+
+    /// Adds `addr/prefix` to the link `index` (`what` names it in errors);
+    /// an address already there is fine.
+    async fn add_address(&self, index: u32, addr: Ipv4Addr, prefix: u8, what: &str) -> io::Result<()> {
+        match self.handle.address().add(index, IpAddr::V4(addr), prefix).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(nl_err(format!("add address {addr}/{prefix} to {what}"), e)),
+        }
     }
 
     async fn set_up(&self, index: u32, name: &str) -> io::Result<()> {
@@ -458,22 +453,7 @@ impl Netlink {
                 )
             })?;
 
-        match self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(addr), prefix)
-            .execute()
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if is_errno(&e, libc::EEXIST) => {}
-            Err(e) => {
-                return Err(nl_err(
-                    format!("add address {addr}/{prefix} to {final_name}"),
-                    e,
-                ))
-            }
-        }
+        self.add_address(index, addr, prefix, final_name).await?;
         self.set_up(index, final_name).await?;
 
         let lo = self.index_of("lo").await?;
