@@ -275,6 +275,10 @@ fn host_none_container_modes_dns_and_add_host() {
     let a = d.docker_ok(&["exec", "owner", "ip", "-4", "-o", "addr", "show", "eth0"]);
     let b = d.docker_ok(&["run", "--rm", "--network", "container:owner", "busybox", "ip", "-4", "-o", "addr", "show", "eth0"]);
     assert_eq!(a.split_whitespace().nth(3), b.split_whitespace().nth(3));
+    let out = d.docker_ok(&["run", "--rm", "--mac-address", "92:d0:c6:0a:29:33", "busybox", "cat", "/sys/class/net/eth0/address"]);
+    assert_eq!(out.trim(), "92:d0:c6:0a:29:33");
+    let err = d.docker_err(&["run", "--rm", "--mac-address", "01:00:5e:00:00:01", "busybox", "true"]);
+    assert!(err.to_lowercase().contains("mac address"), "{err}");
     let out = d.docker_ok(&["run", "--rm", "--dns", "192.0.2.53", "--dns-search", "corp.example", "busybox", "cat", "/etc/resolv.conf"]);
     assert!(out.contains("nameserver 192.0.2.53") && out.contains("search corp.example"), "{out}");
     let gw = d.docker_ok(&["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}", "bridge"]);

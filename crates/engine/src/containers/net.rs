@@ -71,7 +71,8 @@ pub(crate) fn endpoint_from_config(network_id: &str, cfg: Option<&Value>) -> End
     let cfg = cfg.cloned().unwrap_or(Value::Null);
     let aliases: Vec<String> = cfg.get("Aliases").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default();
     let ip = cfg.pointer("/IPAMConfig/IPv4Address").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
-    Endpoint { network_id: network_id.to_owned(), aliases, requested_ip: ip, ..Endpoint::default() }
+    let mac = cfg.get("MacAddress").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+    Endpoint { network_id: network_id.to_owned(), aliases, requested_ip: ip, mac, ..Endpoint::default() }
 }
 
 /// Network names in attach order: the one of `--network` first.
@@ -409,7 +410,7 @@ impl Containers {
         let gw = self.networks.get(&primary.network_id).ok().and_then(|n| n.gateway()).filter(|_| primary.ip.is_some());
         let default_bridge = r.networks.keys().next().is_some_and(|_| super::network_mode(r) == "default" || super::network_mode(r) == network::BRIDGE);
         let (ip, gateway, mac, ep_id, plen) = match (default_bridge, primary.ip) {
-            (true, Some(ip)) => (ip.to_string(), gw.map(|g| g.to_string()).unwrap_or_default(), network::mac_string(ip), primary.endpoint_id.clone(), prefix),
+            (true, Some(ip)) => (ip.to_string(), gw.map(|g| g.to_string()).unwrap_or_default(), primary.mac.clone().unwrap_or_else(|| network::mac_string(ip)), primary.endpoint_id.clone(), prefix),
             _ => (String::new(), String::new(), String::new(), String::new(), 0),
         };
         let sandbox_key = if r.state.running && matches!(mode(r), Mode::Own) { format!("/proc/{}/ns/net", r.state.pid) } else { String::new() };
@@ -440,7 +441,7 @@ impl Containers {
             "IPAMConfig": ep.requested_ip.as_ref().map(|ip| json!({"IPv4Address": ip})),
             "Links": null,
             "Aliases": if ep.aliases.is_empty() { Value::Null } else { json!(ep.aliases) },
-            "MacAddress": ep.ip.map(network::mac_string).unwrap_or_default(),
+            "MacAddress": ep.ip.map(|ip| ep.mac.clone().unwrap_or_else(|| network::mac_string(ip))).unwrap_or_default(),
             "DriverOpts": null,
             "NetworkID": ep.network_id,
             "EndpointID": ep.endpoint_id,

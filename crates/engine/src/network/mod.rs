@@ -63,6 +63,10 @@ pub struct NetworkRecord {
     /// a fixed address, as with dockerd).
     #[serde(default)]
     pub user_subnet: bool,
+    /// The gateway was given by the user (inspect shows a gateway for a
+    /// user subnet only then, as dockerd).
+    #[serde(default)]
+    pub user_gateway: bool,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
     #[serde(default)]
@@ -113,6 +117,9 @@ pub struct Endpoint {
     pub last_ip: Option<Ipv4Addr>,
     #[serde(default)]
     pub host_veth: String,
+    /// `--mac-address` (`02:42:...` derived from the address otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// Engine-wide network settings (dockerd's `--bridge`, `--bip`,
@@ -180,6 +187,8 @@ pub struct Planned {
     pub gateway: Option<Ipv4Addr>,
     pub host_veth: String,
     pub endpoint_id: String,
+    /// `--mac-address`, else derived from the address.
+    pub mac: [u8; 6],
 }
 
 /// What runs for a live container besides its interfaces.
@@ -262,6 +271,7 @@ impl Networks {
                     gateway: None,
                     ip_range: None,
                     user_subnet: false,
+                    user_gateway: false,
                     options: BTreeMap::new(),
                     labels: BTreeMap::new(),
                     bridge: String::new(),
@@ -499,6 +509,7 @@ impl Networks {
             gateway: Some(gw.to_string()),
             ip_range: range.map(|r| r.to_string()),
             user_subnet: subnet.is_some(),
+            user_gateway: gateway.is_some(),
             options,
             labels,
             bridge: bridge.clone(),
@@ -612,7 +623,7 @@ impl Networks {
         let mut ipam_cfg = Vec::new();
         if let Some(s) = &n.subnet {
             let mut c = json!({"Subnet": s});
-            if let Some(g) = &n.gateway {
+            if let Some(g) = n.gateway.as_ref().filter(|_| !n.user_subnet || n.user_gateway) {
                 c["Gateway"] = json!(g);
             }
             if let Some(r) = &n.ip_range {
@@ -636,7 +647,7 @@ impl Networks {
                     map.insert(a.container_id.clone(), json!({
                         "Name": a.name,
                         "EndpointID": ep.endpoint_id,
-                        "MacAddress": ep.ip.map(mac_string).unwrap_or_default(),
+                        "MacAddress": ep.ip.map(|ip| ep.mac.clone().unwrap_or_else(|| mac_string(ip))).unwrap_or_default(),
                         "IPv4Address": ep.ip.map(|ip| format!("{ip}/{prefix}")).unwrap_or_default(),
                         "IPv6Address": "",
                     }));
@@ -657,6 +668,11 @@ impl Networks {
             let addr: Ipv4Addr = ip.parse().map_err(|_| Error::invalid(format!("invalid IPv4 address: {ip}")))?;
             if !net.subnet().is_some_and(|s| s.contains(addr)) {
                 return Err(Error::invalid(format!("no configured subnet or ip-range contain the IP address {addr}")));
+            }
+        }
+        if let Some(mac) = &ep.mac {
+            if parse_mac(mac).is_none() {
+                return Err(Error::invalid(format!("invalid MAC address: {mac}")));
             }
         }
         if !ep.aliases.is_empty() && !net.has_dns() {
@@ -708,6 +724,7 @@ impl Networks {
                 gateway: (!net.internal).then_some(gw),
                 host_veth: format!("veth{}", &crate::digest::random_id()[..7]),
                 endpoint_id: crate::digest::random_id(),
+                mac: ep.mac.as_deref().and_then(parse_mac).unwrap_or_else(|| link::mac_for(ip)),
                 network: net,
             });
         }
@@ -752,7 +769,7 @@ impl Networks {
         self.nl().await?.create_veth_into(&p.host_veth, &p.network.bridge, &tmp, &netns).await.map_err(io_err(format!("create endpoint on {}", p.network.name)))?;
         let inside = link::Netlink::in_netns(&netns).map_err(io_err("enter container network namespace"))?;
         let gw = if default_route { p.gateway } else { None };
-        inside.configure_endpoint(&tmp, iface, p.ip, p.prefix, link::mac_for(p.ip), gw).await.map_err(io_err(format!("configure {iface}")))?;
+        inside.configure_endpoint(&tmp, iface, p.ip, p.prefix, p.mac, gw).await.map_err(io_err(format!("configure {iface}")))?;
         Ok(())
     }
 
@@ -941,6 +958,13 @@ pub fn mac_string(ip: Ipv4Addr) -> String {
     link::mac_for(ip).iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
+/// `02:42:ac:11:00:02` → bytes; a unicast address only.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s.split(':').map(|p| if p.len() == 2 { u8::from_str_radix(p, 16).ok() } else { None }).collect::<Option<_>>()?;
+    let mac: [u8; 6] = parts.try_into().ok()?;
+    (mac[0] & 1 == 0).then_some(mac)
+}
+
 /// `80/tcp` → (80, tcp).
 pub fn parse_port(spec: &str) -> Result<(u16, proxy::Proto)> {
     let (p, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
@@ -1004,5 +1028,9 @@ mod tests {
         assert!(valid_name("my-net_1.x"));
         assert!(!valid_name("../x") && !valid_name("a/b") && !valid_name(""));
         assert_eq!(mac_string(Ipv4Addr::new(172, 17, 0, 2)), "02:42:ac:11:00:02");
+        assert_eq!(parse_mac("92:d0:c6:0a:29:33"), Some([0x92, 0xd0, 0xc6, 0x0a, 0x29, 0x33]));
+        assert_eq!(parse_mac("01:00:5e:00:00:01"), None, "multicast");
+        assert_eq!(parse_mac("92:d0:c6:0a:29"), None);
+        assert_eq!(parse_mac("zz:d0:c6:0a:29:33"), None);
     }
 }
