@@ -275,6 +275,10 @@ fn host_none_container_modes_dns_and_add_host() {
     let a = d.docker_ok(&["exec", "owner", "ip", "-4", "-o", "addr", "show", "eth0"]);
     let b = d.docker_ok(&["run", "--rm", "--network", "container:owner", "busybox", "ip", "-4", "-o", "addr", "show", "eth0"]);
     assert_eq!(a.split_whitespace().nth(3), b.split_whitespace().nth(3));
+    // Legacy links on the default bridge.
+    let owner_ip = inspect(&d, "{{.NetworkSettings.IPAddress}}", "owner");
+    let out = d.docker_ok(&["run", "--rm", "--link", "owner:db", "busybox", "ping", "-c", "1", "-W", "3", "db"]);
+    assert!(out.contains(&format!("({owner_ip})")) && out.contains("1 packets received"), "{out}");
     let out = d.docker_ok(&["run", "--rm", "--mac-address", "92:d0:c6:0a:29:33", "busybox", "cat", "/sys/class/net/eth0/address"]);
     assert_eq!(out.trim(), "92:d0:c6:0a:29:33");
     let err = d.docker_err(&["run", "--rm", "--mac-address", "01:00:5e:00:00:01", "busybox", "true"]);

@@ -192,6 +192,22 @@ impl Containers {
                 _ => e,
             })
             .collect();
+        // Legacy links (`--link name:alias`): the target's address under
+        // both names, as dockerd writes them.
+        let links: Vec<String> = r.host_config.get("Links").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
+        for l in links {
+            let (name, alias) = l.split_once(':').unwrap_or((&l, &l));
+            let name = name.trim_start_matches('/');
+            let alias = alias.rsplit('/').next().unwrap_or(alias);
+            let Ok(target) = self.find(name) else { continue };
+            let t = target.record();
+            if let Some(ip) = t.networks.values().find_map(|e| e.ip) {
+                out.push(format!("{alias}:{ip}"));
+                if alias != t.name {
+                    out.push(format!("{}:{ip}", t.name));
+                }
+            }
+        }
         // In the Berth VM, as in Docker Desktop, every container knows the
         // host by name.
         if self.networks.cfg.vm_guest && gw.is_some() && !out.iter().any(|e| e.starts_with("host.docker.internal:")) {
