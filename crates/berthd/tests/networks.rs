@@ -254,6 +254,21 @@ fn ip_internal_isolation_connect_disconnect_and_nat() {
     assert!(err.contains("Pool overlaps with other one on this address space"), "{err}");
     let err = d.docker_err(&["network", "create", "--subnet", "10.231.0/16", "bad"]);
     assert!(err.contains("invalid CIDR address: 10.231.0/16"), "{err}");
+    // A bridge name that is an existing host interface is never taken over.
+    let host_if = default_route_dev();
+    let err = d.docker_err(&["network", "create", "-o", &format!("com.docker.network.bridge.name={host_if}"), "hijack"]);
+    assert!(err.contains("already in use"), "{err}");
+    let err = d.docker_err(&["network", "create", "-o", "com.docker.network.bridge.name=x;y$z", "weird"]);
+    assert!(err.contains("invalid bridge name"), "{err}");
+    assert!(Command::new("ip").args(["link", "show", &host_if]).output().unwrap().status.success());
+}
+
+/// The interface of the host's default route.
+fn default_route_dev() -> String {
+    let out = Command::new("ip").args(["-4", "route", "show", "default"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words.iter().position(|w| *w == "dev").map(|i| words[i + 1].to_owned()).expect("a default route with a device")
 }
 
 /// The host's default gateway (reachable through NAT from containers).

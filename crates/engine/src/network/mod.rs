@@ -495,8 +495,12 @@ impl Networks {
         let gw = gateway.unwrap_or_else(|| s.default_gateway());
         let id = crate::digest::random_id();
         let bridge = options.get("com.docker.network.bridge.name").cloned().unwrap_or_else(|| format!("br-{}", &id[..12]));
-        if bridge.len() > 15 {
-            return Err(Error::invalid(format!("bridge name {bridge:?} is longer than 15 characters")));
+        if bridge.len() > 15 || !valid_name(&bridge) {
+            return Err(Error::invalid(format!("invalid bridge name {bridge:?}: at most 15 of [a-zA-Z0-9_.-]")));
+        }
+        // Never adopt (and later delete) an interface someone else made.
+        if self.nl().await?.link_exists(&bridge).await.unwrap_or(false) {
+            return Err(Error::conflict(format!("bridge name {bridge} is already in use by an interface on this host")));
         }
         let rec = NetworkRecord {
             id: id.clone(),
