@@ -53,10 +53,12 @@ pub(crate) fn endpoints_for_create(nets: &Networks, host_config: &Value, network
     };
     let mut names = vec![primary.name.clone()];
     names.extend(configs.keys().filter(|k| **k != primary.name && k.as_str() != mode).cloned());
+    let several = names.len() > 1;
     for name in names {
         let net = nets.get(&name)?;
-        if (net.name == network::HOST || net.name == network::NONE) && out.len() + 1 < configs.len().max(1) {
-            return Err(Error::invalid(format!("container cannot be disconnected from host network or connected to host network")));
+        // host and none cannot be combined with other networks.
+        if (net.name == network::HOST || net.name == network::NONE) && several {
+            return Err(Error::invalid("container cannot be disconnected from host network or connected to host network"));
         }
         let cfg = configs.get(&name).or_else(|| if name == primary.name { configs.get(mode) } else { None });
         let ep = endpoint_from_config(&net.id, cfg);
@@ -120,10 +122,9 @@ impl dns::Resolver for Names {
                 let Some(ip) = ep.ip else { continue };
                 let bare = name.strip_suffix(&format!(".{}", net_name.to_ascii_lowercase())).unwrap_or(name);
                 let matches = |n: &str| n.eq_ignore_ascii_case(bare);
-                if matches(&r.name) || matches(r.short_id()) || matches(&r.id) || ep.aliases.iter().any(|a| matches(a)) || (!hostname.is_empty() && hostname == bare) {
-                    if !ips.contains(&ip) {
-                        ips.push(ip);
-                    }
+                let named = matches(&r.name) || matches(r.short_id()) || matches(&r.id) || ep.aliases.iter().any(|a| matches(a)) || (!hostname.is_empty() && hostname == bare);
+                if named && !ips.contains(&ip) {
+                    ips.push(ip);
                 }
             }
         }

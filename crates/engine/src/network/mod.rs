@@ -850,7 +850,7 @@ impl Networks {
                         proxy::Proto::Tcp => nft::Proto::Tcp,
                         proxy::Proto::Udp => nft::Proto::Udp,
                     },
-                    host_ip: Some(*v4).filter(|v| !v.is_unspecified() && !(self.cfg.vm_guest && v.is_loopback())),
+                    host_ip: Some(*v4).filter(|v| !v.is_unspecified() && (!self.cfg.vm_guest || !v.is_loopback())),
                     host_port: hp,
                     container_ip: target,
                     container_port: port,
