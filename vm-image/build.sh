@@ -77,7 +77,7 @@ module_dirs=(
     kernel/net/netfilter kernel/net/ipv4/netfilter kernel/net/ipv6/netfilter
     kernel/net/bridge kernel/net/9p kernel/net/vmw_vsock kernel/net/sched
     kernel/fs/overlayfs kernel/fs/9p kernel/fs/fuse kernel/fs/ext4 kernel/fs/jbd2
-    kernel/drivers/virtio kernel/drivers/block/virtio_blk.ko
+    kernel/drivers/virtio kernel/drivers/block/virtio_blk.ko # (virtio_balloon: free page reporting)
     kernel/drivers/net/veth.ko kernel/drivers/net/virtio_net.ko kernel/drivers/net/tun.ko
     kernel/drivers/net/dummy.ko kernel/drivers/net/vxlan kernel/drivers/net/macvlan.ko
     kernel/drivers/net/ipvlan

@@ -4,8 +4,10 @@
 //! Needs root, `target/vm-image/` (`vm-image/build.sh`), QEMU, the docker CLI
 //! and the fixture registry (`eval "$(scripts/test-env start)"`, which sets
 //! `BERTH_TEST_REGISTRY`). Without them it skips with a message, except
-//! under `CI=true`, where it fails. One test function, one boot pair: TCG
-//! boots are slow.
+//! under `CI=true`, where it fails. One test function, three boots (first
+//! boot; restart with the data disk full; restart with a larger disk): TCG
+//! boots are slow. About 45-60 s in all, ~12 s of it the redis pull the UDP
+//! check needs (perl for an echo server).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -170,7 +172,7 @@ fn vm_boots_serves_docker_cli_and_keeps_images_across_restart() {
     // Boot.
     let t = Instant::now();
     let out = env.berth(&[
-        "vm", "start", "--accel", "tcg", "--memory", "1024", "--cpus", "2", "--disk", "8",
+        "vm", "start", "--accel", "tcg", "--memory", "1024", "--cpus", "2", "--disk", "4",
     ]);
     if !out.status.success() {
         env.logs_on_failure();
@@ -276,7 +278,143 @@ fn vm_boots_serves_docker_cli_and_keeps_images_across_restart() {
     let hosts = env.docker_ok(&["run", "--rm", &image_ref, "cat", "/etc/hosts"]);
     assert!(hosts.contains("10.0.2.2\thost.docker.internal"), "{hosts}");
 
-    // Graceful stop, restart, the image is still there.
+    // Data that must survive both a full disk and the restart below.
+    env.docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "keep:/d",
+        &image_ref,
+        "sh",
+        "-c",
+        "echo kept > /d/marker",
+    ]);
+
+    // A full data disk: the engine keeps answering, what needs space fails
+    // with ENOSPC in the message, nothing already there is lost, and freeing
+    // the space is enough to recover. The filler runs as root in the
+    // container, so it takes ext4's root reserve too; it is left behind
+    // (no --rm) so nothing frees space until we say so.
+    let t = Instant::now();
+    let redis_ref = format!("{guest_registry}/library/redis:latest");
+    let _ = env.docker(&[
+        "run",
+        "--name",
+        "filler",
+        "-v",
+        "fill:/f",
+        &image_ref,
+        "sh",
+        "-c",
+        "fallocate -l $(df -k /f | awk 'NR==2 {print $4}')k /f/big; \
+         dd if=/dev/zero of=/f/rest bs=1M 2>/dev/null; df -k /f",
+    ]);
+    let no_space = |out: &Output| {
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .to_lowercase()
+                .contains("no space left on device")
+    };
+    let out = env.docker(&["pull", &redis_ref]);
+    assert!(no_space(&out), "pull on a full disk: clear ENOSPC error");
+    let out = env.docker(&["run", "--rm", &image_ref, "true"]);
+    assert!(no_space(&out), "run on a full disk: clear ENOSPC error");
+    let version = env.docker_ok(&["version", "--format", "{{.Server.Version}}"]);
+    assert!(!version.trim().is_empty(), "engine answers on a full disk");
+    let images = env.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(images.contains(&image_ref), "images intact: {images}");
+    // A restart with the disk still full: the engine must come up (it
+    // used to exit rewriting its network records, and berth-init restarted
+    // it forever), so the user can free space with docker itself.
+    assert!(env.berth(&["vm", "stop"]).status.success());
+    let out = env.berth(&[
+        "vm",
+        "start",
+        "--accel",
+        "tcg",
+        "--memory",
+        "1024",
+        "--cpus",
+        "2",
+        "--disk",
+        "4",
+        "--timeout",
+        "60",
+    ]);
+    if !out.status.success() {
+        env.logs_on_failure();
+        panic!("berth vm start with a full data disk failed");
+    }
+    let images = env.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(images.contains(&image_ref), "images intact: {images}");
+    let names = env.docker_ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert!(
+        names.lines().any(|n| n == "filler"),
+        "containers intact: {names}"
+    );
+    env.docker_ok(&["rm", "filler"]);
+    env.docker_ok(&["volume", "rm", "fill"]);
+    let out = env.docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "keep:/d",
+        &image_ref,
+        "cat",
+        "/d/marker",
+    ]);
+    assert_eq!(
+        out.trim(),
+        "kept",
+        "volume data intact after the disk was full"
+    );
+    eprintln!("full disk check: {:.1} s", t.elapsed().as_secs_f64());
+
+    // UDP: a published UDP port answers on the host (QEMU udp hostfwd).
+    // The Debian-based redis image has perl for a small echo server.
+    let t = Instant::now();
+    env.docker_ok(&["pull", "-q", &redis_ref]);
+    eprintln!("redis pull: {:.1} s", t.elapsed().as_secs_f64());
+    let udp_port = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let publish = format!("127.0.0.1:{udp_port}:9999/udp");
+    env.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "udp-echo",
+        "-p",
+        &publish,
+        &redis_ref,
+        "perl",
+        "-MIO::Socket::INET",
+        "-e",
+        r#"$s=IO::Socket::INET->new(LocalPort=>9999,Proto=>"udp") or die "$!"; while($s->recv($m,1000)){ $s->send("echo:$m") }"#,
+    ]);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        let _ = sock.send_to(b"ping-udp", ("127.0.0.1", udp_port));
+        let mut buf = [0u8; 64];
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => break String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(_) if Instant::now() > deadline => {
+                env.logs_on_failure();
+                panic!("published UDP port {udp_port} did not answer on the host");
+            }
+            Err(_) => {}
+        }
+    };
+    assert_eq!(reply, "echo:ping-udp");
+    env.docker_ok(&["rm", "-f", "udp-echo"]);
+    eprintln!("udp check: {:.1} s", t.elapsed().as_secs_f64());
+
+    // Graceful stop, restart with a larger disk: the images and the volume
+    // are still there, and the filesystem grew with the disk.
     let out = env.berth(&["vm", "stop"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -287,18 +425,38 @@ fn vm_boots_serves_docker_cli_and_keeps_images_across_restart() {
     assert!(!env.sock().exists(), "engine socket removed after stop");
 
     let out = env.berth(&[
-        "vm", "start", "--accel", "tcg", "--memory", "1024", "--cpus", "2", "--disk", "8",
+        "vm", "start", "--accel", "tcg", "--memory", "1024", "--cpus", "2", "--disk", "5",
     ]);
     if !out.status.success() {
         env.logs_on_failure();
         panic!("second berth vm start failed");
     }
     let images = env.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    for want in [&image_ref, &redis_ref] {
+        assert!(
+            images.lines().any(|l| l == want.as_str()),
+            "{want} survived the restart: {images}"
+        );
+    }
+    let out = env.docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "keep:/d",
+        &image_ref,
+        "sh",
+        "-c",
+        "cat /d/marker; df -k /d | awk 'NR==2 {print $2}'",
+    ]);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("kept"), "volume survived the restart");
+    let kib: u64 = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
     assert!(
-        images
-            .lines()
-            .any(|l| l == format!("{guest_registry}/library/busybox:latest")),
-        "image survived the restart: {images}"
+        kib > 4_700_000,
+        "data filesystem grew to the 5 GiB disk: {kib} KiB"
     );
     let out = env.berth(&["vm", "stop"]);
     assert!(out.status.success());

@@ -31,6 +31,11 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Con
 /// directory. Used for blobs and for every metadata file.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
+    // Unchanged (a record re-saved at start-up): nothing to write, which keeps
+    // the engine starting on a full disk.
+    if fs::metadata(path).is_ok_and(|m| m.len() == data.len() as u64) && fs::read(path).is_ok_and(|old| old == data) {
+        return Ok(());
+    }
     let tmp = dir.join(format!(
         ".tmp-{}-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("f"),

@@ -81,7 +81,13 @@ pub fn accepts(args: &[&str]) -> bool {
 
 /// Lines worth copying to the console.
 pub fn important(line: &str) -> bool {
-    line.contains(" ERROR ") || line.contains(" WARN ") || line.contains("panicked") || line.starts_with("Error") || line.starts_with("error")
+    line.contains(" ERROR ")
+        || line.contains(" WARN ")
+        || line.contains("panicked")
+        || line.starts_with("Error")
+        || line.starts_with("error")
+        // berthd's own fatal error before it exits (`berthd: open networks: ...`).
+        || line.starts_with("berthd: ")
 }
 
 /// The engine's log sink: one pipe for every berthd run, read by one thread
@@ -252,5 +258,6 @@ mod tests {
         assert!(important("2026-01-01T00:00:00Z ERROR berth_engine: boom"));
         assert!(important("2026-01-01T00:00:00Z  WARN berth_engine: hmm"));
         assert!(!important("2026-01-01T00:00:00Z  INFO berth_engine: fine"));
+        assert!(important("berthd: open networks: No space left on device (os error 28)"));
     }
 }

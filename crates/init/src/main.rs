@@ -47,13 +47,15 @@ macro_rules! log {
 const ROOT_MODULES: [&str; 5] = ["virtio_pci", "virtio_blk", "crc32c_intel", "crc32c_generic", "ext4"];
 /// Modules the guest and the engine need (stage 2). Others (nf_tables
 /// expressions) are autoloaded by the kernel through /sbin/modprobe.
-const GUEST_MODULES: [&str; 32] = [
+const GUEST_MODULES: [&str; 33] = [
     "virtio_pci", "virtio_blk", "crc32c_intel", "crc32c_generic", "ext4",
     "virtio_net", "virtio_console", "virtio_rng", "9pnet_virtio", "9p", "fuse", "virtiofs",
     "overlay", "bridge", "br_netfilter", "veth", "tun",
     "nf_conntrack", "nf_nat", "nf_tables", "nft_chain_nat", "nft_nat", "nft_masq", "nft_ct",
     "nft_fib_inet", "nft_fib_ipv4", "nft_fib_ipv6", "nft_reject_inet", "nft_redir",
     "vmw_vsock_virtio_transport", "button", "evdev",
+    // Free page reporting to the host (QEMU's virtio-balloon-pci,free-page-reporting=on).
+    "virtio_balloon",
 ];
 
 fn main() {
@@ -344,10 +346,98 @@ fn setup_data_disk(dev: &str) -> DataDisk {
     match sys::mount(dev, Path::new(DATA_DIR), "ext4", libc::MS_NOATIME | libc::MS_NODEV | libc::MS_NOSUID, "") {
         Ok(()) => {
             log!("data disk {dev} mounted at {DATA_DIR}");
+            grow_data_fs(dev);
+            warn_if_nearly_full();
             DataDisk::Mounted
         }
         Err(e) => DataDisk::Unusable(format!("mount data disk {dev} at {DATA_DIR}: {e}")),
     }
+}
+
+/// The host grows the disk image when the user asks for a larger `--disk`;
+/// the filesystem follows here, online (ext4 grows while mounted, in well
+/// under a second). Never shrinks.
+fn grow_data_fs(dev: &str) {
+    let (Some(dev_bytes), Some(fs_bytes)) = (block_device_bytes(dev), ext_fs_bytes(dev)) else { return };
+    if !should_grow(dev_bytes, fs_bytes) {
+        return;
+    }
+    let t = Instant::now();
+    match sys::command("resize2fs").arg(dev).stdin(Stdio::null()).stdout(Stdio::null()).env("PATH", PATH).status() {
+        Ok(s) if s.success() => log!(
+            "data disk {dev} grown from {} to {} MiB in {:.1}s",
+            fs_bytes >> 20,
+            ext_fs_bytes(dev).unwrap_or(dev_bytes) >> 20,
+            t.elapsed().as_secs_f64()
+        ),
+        Ok(s) => log!("resize2fs {dev}: {s}; the data disk keeps its old size"),
+        Err(e) => log!("run resize2fs: {e}; the data disk keeps its old size"),
+    }
+}
+
+/// Whether a device of `dev_bytes` holds room for a larger filesystem than
+/// `fs_bytes`: at least 64 MiB more (sizes are whole GiB; tails smaller than
+/// a block group are not worth a resize at every boot).
+fn should_grow(dev_bytes: u64, fs_bytes: u64) -> bool {
+    dev_bytes.saturating_sub(fs_bytes) >= 64 << 20
+}
+
+/// Size of block device `dev` (`/dev/vdb`) from sysfs.
+fn block_device_bytes(dev: &str) -> Option<u64> {
+    let name = Path::new(dev).file_name()?.to_str()?;
+    let sectors: u64 = std::fs::read_to_string(format!("/sys/class/block/{name}/size")).ok()?.trim().parse().ok()?;
+    Some(sectors * 512)
+}
+
+/// Size of the ext2/3/4 filesystem on `dev`, from its superblock.
+fn ext_fs_bytes(dev: &str) -> Option<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(dev).ok()?;
+    let mut sb = [0u8; 1024];
+    f.seek(SeekFrom::Start(1024)).ok()?;
+    f.read_exact(&mut sb).ok()?;
+    ext_superblock_bytes(&sb)
+}
+
+/// Filesystem size from an ext superblock (the 1024 bytes at offset 1024).
+fn ext_superblock_bytes(sb: &[u8]) -> Option<u64> {
+    let u32_at = |o: usize| sb.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    if sb.get(0x38..0x3a)? != [0x53, 0xEF] {
+        return None;
+    }
+    let log_block = u32_at(0x18)?;
+    if log_block > 6 {
+        return None;
+    }
+    const INCOMPAT_64BIT: u32 = 0x80;
+    let hi = if u32_at(0x60)? & INCOMPAT_64BIT != 0 { u64::from(u32_at(0x150)?) } else { 0 };
+    let blocks = (hi << 32) | u64::from(u32_at(0x4)?);
+    Some(blocks * (1024u64 << log_block))
+}
+
+/// A console line when the data disk is (nearly) full, since that is why
+/// pulls and new containers will fail.
+fn warn_if_nearly_full() {
+    let Ok(c) = std::ffi::CString::new(DATA_DIR) else { return };
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return;
+    }
+    let frsize = st.f_frsize as u64;
+    let (free, total) = (st.f_bfree as u64 * frsize, st.f_blocks as u64 * frsize);
+    if nearly_full(free, total) {
+        log!(
+            "the data disk is nearly full ({} MiB free of {} MiB): pulls and new containers will fail with \"no space left on device\"; free space (docker system prune, docker volume rm) or restart the VM with a larger --disk",
+            free >> 20,
+            total >> 20
+        );
+    }
+}
+
+/// Less than 2% or 100 MiB free, whichever is smaller.
+fn nearly_full(free: u64, total: u64) -> bool {
+    free < (total / 50).min(100 << 20)
 }
 
 /// Mounts the host config share and reads guest.json.
@@ -738,6 +828,37 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ext_superblock_size() {
+        let mut sb = [0u8; 1024];
+        assert_eq!(ext_superblock_bytes(&sb), None, "no magic");
+        sb[0x38..0x3a].copy_from_slice(&[0x53, 0xEF]);
+        sb[0x18..0x1c].copy_from_slice(&2u32.to_le_bytes()); // 4 KiB blocks
+        sb[0x4..0x8].copy_from_slice(&1_048_576u32.to_le_bytes());
+        assert_eq!(ext_superblock_bytes(&sb), Some(4 << 30));
+        // The high word counts only with the 64bit feature.
+        sb[0x150..0x154].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(ext_superblock_bytes(&sb), Some(4 << 30));
+        sb[0x60..0x64].copy_from_slice(&0x80u32.to_le_bytes());
+        assert_eq!(ext_superblock_bytes(&sb), Some(((1u64 << 32) + 1_048_576) * 4096));
+    }
+
+    #[test]
+    fn grows_only_by_a_worthwhile_amount() {
+        assert!(should_grow(6 << 30, 4 << 30));
+        assert!(!should_grow(4 << 30, 4 << 30));
+        assert!(!should_grow((4 << 30) + (1 << 20), 4 << 30));
+        assert!(!should_grow(4 << 30, 6 << 30), "never shrinks");
+    }
+
+    #[test]
+    fn nearly_full_threshold() {
+        assert!(nearly_full(0, 4 << 30));
+        assert!(nearly_full(50 << 20, 4 << 30));
+        assert!(!nearly_full(200 << 20, 4 << 30));
+        assert!(nearly_full(10 << 20, 1 << 30), "2% of 1 GiB is ~20 MiB");
+    }
 
     #[test]
     fn civil_dates_convert_to_unix_days() {

@@ -12,12 +12,12 @@
 //!   add and remove, and [`hostfwd_add`]/[`hostfwd_remove`] are the HMP lines
 //!   to do it.
 //!
-//! QEMU user networking delivers a forwarded connection to the guest's NIC
-//! address (10.0.2.15), never to the guest's loopback. A port published on
-//! a specific address (`-p 127.0.0.1:8080:80`) is forwarded from that host
-//! address, but answers only if the engine in the guest also accepts it on
-//! the NIC address; berthd currently matches the literal address, so such
-//! ports are forwarded but do not answer yet (wildcard `-p 8080:80` works).
+//! QEMU user networking delivers a forwarded connection (or UDP datagram) to
+//! the guest's NIC address (10.0.2.15), never to the guest's loopback. A port
+//! published on a specific address (`-p 127.0.0.1:8080:80`) is forwarded
+//! from that host address; berthd in the guest runs with `--vm-guest`, which
+//! opens loopback-published ports on every guest address, so they answer.
+//! TCP and UDP both work (the VM end-to-end test checks one of each).
 //!
 //! It does not talk QMP itself or watch events (the supervisor does), and it
 //! does not own the engine API client ([`crate::engine_client`]).

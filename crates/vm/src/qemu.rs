@@ -94,6 +94,10 @@ pub const GUEST_ENGINE_PORT: u16 = 2375;
 /// QEMU `-netdev` id of the guest's only NIC; `hostfwd_add` names it.
 pub const NETDEV_ID: &str = "n0";
 
+/// The memory balloon, used only for free page reporting (QEMU 5.1+,
+/// guest kernel 5.8+ with `CONFIG_PAGE_REPORTING`).
+pub const BALLOON_DEVICE: &str = "virtio-balloon-pci,free-page-reporting=on";
+
 /// 9p mount tag of [`BerthHome::guest_dir`] in the guest.
 pub const GUEST_CONFIG_TAG: &str = "berthcfg";
 
@@ -282,6 +286,12 @@ pub fn qemu_command_line_with(
         &format!("virtio-net-pci,netdev={NETDEV_ID},romfile="),
         "-device",
         "virtio-rng-pci",
+        // Free page reporting: the guest's `virtio_balloon` hands pages it
+        // has freed back to QEMU, which discards them, so an idle guest's
+        // RSS on the host shrinks instead of staying at its high-water mark.
+        // The balloon is never inflated.
+        "-device",
+        BALLOON_DEVICE,
     ]);
 
     push(&[
@@ -521,6 +531,34 @@ mod tests {
         assert_eq!(values(&argv, "-machine"), ["virt"]);
         assert_eq!(values(&argv, "-accel"), ["hvf"]);
         assert!(values(&argv, "-append")[0].starts_with("console=ttyAMA0 "));
+    }
+
+    #[test]
+    fn free_page_reporting_balloon_on_every_accel_and_arch() {
+        for (accel, arch) in [
+            (Accel::Tcg, HostArch::X86_64),
+            (Accel::Kvm, HostArch::X86_64),
+            (Accel::Whpx, HostArch::X86_64),
+            (Accel::Hvf, HostArch::X86_64),
+            (Accel::Hvf, HostArch::Aarch64),
+            (Accel::Tcg, HostArch::Aarch64),
+        ] {
+            let argv = argv_for(accel, arch);
+            let balloons: Vec<_> = values(&argv, "-device")
+                .into_iter()
+                .filter(|d| d.starts_with("virtio-balloon-pci"))
+                .collect();
+            assert_eq!(
+                balloons,
+                ["virtio-balloon-pci,free-page-reporting=on"],
+                "{accel:?} {arch:?}"
+            );
+        }
+        // The accelerator probe boots the kernel alone: no balloon.
+        let probe = probe_command_line(&image(), Accel::Kvm, HostArch::X86_64).unwrap();
+        assert!(!values(&probe, "-device")
+            .iter()
+            .any(|d| d.contains("balloon")));
     }
 
     #[test]

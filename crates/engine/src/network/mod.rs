@@ -294,7 +294,11 @@ impl Networks {
             live: Mutex::new(HashMap::new()),
             nft_lock: tokio::sync::Mutex::new(()),
         });
-        me.persist()?;
+        // Best effort: on a full data disk the engine must still start (the
+        // records are re-derived at every start).
+        if let Err(e) = me.persist() {
+            tracing::warn!(error = %e, "persist network records");
+        }
         Ok(me)
     }
 
