@@ -57,6 +57,16 @@ impl Filters {
         }
     }
 
+    /// The `until` filter of prune endpoints (a timestamp or a duration
+    /// before now) as Unix seconds.
+    pub fn until(&self) -> Result<Option<i64>> {
+        match self.get("until") {
+            [] => Ok(None),
+            [v] => Ok(Some(crate::timefmt::parse_time_arg(v).ok_or_else(|| Error::invalid(format!("invalid filter 'until={v}'")))?.0)),
+            _ => Err(Error::invalid("only one value allowed for until")),
+        }
+    }
+
     /// Whether `labels` satisfy every `label=k` / `label=k=v` filter.
     pub fn labels_match(&self, key: &str, labels: &BTreeMap<String, String>) -> bool {
         self.get(key).iter().all(|f| match f.split_once('=') {

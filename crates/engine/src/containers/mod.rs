@@ -669,11 +669,7 @@ impl Containers {
     pub async fn prune(self: &Arc<Self>, filters: &Filters) -> Result<Value> {
         let mut deleted = Vec::new();
         let mut reclaimed = 0u64;
-        let until = match filters.get("until") {
-            [] => None,
-            [v] => Some(crate::timefmt::parse_time_arg(v).ok_or_else(|| Error::invalid(format!("invalid filter 'until={v}'")))?.0),
-            _ => return Err(Error::invalid("only one value allowed for until")),
-        };
+        let until = filters.until()?;
         for h in self.all() {
             let r = h.record();
             if r.state.running || r.state.paused || !filters.labels_match("label", &r.labels()) {

@@ -224,10 +224,7 @@ impl Containers {
         h.update(|r| {
             for p in plan {
                 if let Some(ep) = r.networks.get_mut(&p.network.name) {
-                    ep.ip = Some(p.ip);
-                    ep.last_ip = Some(p.ip);
-                    ep.endpoint_id = p.endpoint_id.clone();
-                    ep.host_veth = p.host_veth.clone();
+                    ep.assign(p);
                 }
             }
         });
@@ -261,6 +258,12 @@ impl Containers {
             return Ok(Vec::new());
         };
         self.networks.publish(&rec.id, first.ip, &first.network.bridge, &bindings).await
+    }
+
+    /// Whether the running container has an address on a DNS-enabled
+    /// network (its embedded DNS server runs then).
+    fn serves_dns(&self, r: &Record) -> bool {
+        r.networks.values().any(|e| e.ip.is_some() && self.networks.get(&e.network_id).is_ok_and(|n| n.has_dns()))
     }
 
     fn start_dns(self: &Arc<Self>, rec: &Record, pid: u32) -> Result<()> {
@@ -316,8 +319,7 @@ impl Containers {
         let rec = h.record();
         self.networks.adopt(&rec.networks);
         let pid = rec.state.pid as u32;
-        let has_dns = rec.networks.values().any(|e| e.ip.is_some() && self.networks.get(&e.network_id).is_ok_and(|n| n.has_dns()));
-        if has_dns {
+        if self.serves_dns(&rec) {
             if let Err(e) = self.start_dns(&rec, pid) {
                 tracing::warn!(container_id = %rec.id, error = %e, "restart DNS server");
             }
@@ -361,27 +363,20 @@ impl Containers {
             let one = BTreeMap::from([(net.name.clone(), ep)]);
             let plan = self.networks.plan(&rec.id, &one, std::slice::from_ref(&net.name))?;
             let iface = format!("eth{}", rec.networks.values().filter(|e| e.ip.is_some()).count());
-            let mut result = Ok(());
-            for p in &plan {
-                result = self.networks.plumb(rec.state.pid as u32, p, &iface, rec.networks.values().all(|e| e.ip.is_none())).await;
-            }
-            if let Err(e) = result {
+            let first = rec.networks.values().all(|e| e.ip.is_none());
+            let plumbed = match plan.first() {
+                Some(p) => self.networks.plumb(rec.state.pid as u32, p, &iface, first).await,
+                None => Ok(()),
+            };
+            if let Err(e) = plumbed {
                 self.networks.release(plan.iter().map(|p| (p.network.id.clone(), p.ip)));
                 h.update(|r| {
                     r.networks.remove(&net.name);
                 });
                 return Err(e);
             }
-            h.update(|r| {
-                if let (Some(ep), Some(p)) = (r.networks.get_mut(&net.name), plan.first()) {
-                    ep.ip = Some(p.ip);
-                    ep.last_ip = Some(p.ip);
-                    ep.endpoint_id = p.endpoint_id.clone();
-                    ep.host_veth = p.host_veth.clone();
-                }
-            });
-            let had_dns = rec.networks.values().any(|e| e.ip.is_some() && self.networks.get(&e.network_id).is_ok_and(|n| n.has_dns()));
-            if net.has_dns() && !had_dns {
+            self.net_record_plan(&h, &plan);
+            if net.has_dns() && !self.serves_dns(&rec) {
                 if let Err(e) = self.start_dns(&rec, rec.state.pid as u32) {
                     tracing::warn!(container_id = %rec.id, error = %e, "start DNS server on connect");
                 }
@@ -418,16 +413,12 @@ impl Containers {
 
     /// `NetworkSettings` for inspect.
     pub(crate) fn network_settings(&self, r: &Record) -> Value {
-        let mut nets = serde_json::Map::new();
-        for (name, ep) in &r.networks {
-            nets.insert(name.clone(), self.endpoint_json(r, ep));
-        }
         let primary = order(r).into_iter().next().and_then(|n| r.networks.get(&n).cloned()).unwrap_or_default();
         let prefix = self.networks.get(&primary.network_id).ok().and_then(|n| n.subnet()).map(|s| s.prefix).unwrap_or(0);
         let gw = self.networks.get(&primary.network_id).ok().and_then(|n| n.gateway()).filter(|_| primary.ip.is_some());
         let default_bridge = r.networks.keys().next().is_some_and(|_| super::network_mode(r) == "default" || super::network_mode(r) == network::BRIDGE);
         let (ip, gateway, mac, ep_id, plen) = match (default_bridge, primary.ip) {
-            (true, Some(ip)) => (ip.to_string(), gw.map(|g| g.to_string()).unwrap_or_default(), primary.mac.clone().unwrap_or_else(|| network::mac_string(ip)), primary.endpoint_id.clone(), prefix),
+            (true, Some(ip)) => (ip.to_string(), gw.map(|g| g.to_string()).unwrap_or_default(), primary.mac_address().unwrap_or_default(), primary.endpoint_id.clone(), prefix),
             _ => (String::new(), String::new(), String::new(), String::new(), 0),
         };
         let sandbox_key = if r.state.running && matches!(mode(r), Mode::Own) { format!("/proc/{}/ns/net", r.state.pid) } else { String::new() };
@@ -438,7 +429,7 @@ impl Containers {
             "SecondaryIPAddresses": null, "SecondaryIPv6Addresses": null,
             "EndpointID": ep_id, "Gateway": gateway, "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
             "IPAddress": ip, "IPPrefixLen": plen, "IPv6Gateway": "", "MacAddress": mac,
-            "Networks": nets,
+            "Networks": self.networks_summary(r),
         })
     }
 
@@ -458,7 +449,7 @@ impl Containers {
             "IPAMConfig": ep.requested_ip.as_ref().map(|ip| json!({"IPv4Address": ip})),
             "Links": null,
             "Aliases": if ep.aliases.is_empty() { Value::Null } else { json!(ep.aliases) },
-            "MacAddress": ep.ip.map(|ip| ep.mac.clone().unwrap_or_else(|| network::mac_string(ip))).unwrap_or_default(),
+            "MacAddress": ep.mac_address().unwrap_or_default(),
             "DriverOpts": null,
             "NetworkID": ep.network_id,
             "EndpointID": ep.endpoint_id,
@@ -519,13 +510,22 @@ impl Containers {
     }
 }
 
+/// A port key as inspect shows it: `80` is `80/tcp`.
+fn port_key(k: &str) -> String {
+    if k.contains('/') {
+        k.to_owned()
+    } else {
+        format!("{k}/tcp")
+    }
+}
+
 /// `ExposedPorts` keys (image and request merged), normalized to `80/tcp`.
 fn exposed_ports(r: &Record) -> Vec<String> {
     let mut out: Vec<String> = r
         .config
         .get("ExposedPorts")
         .and_then(Value::as_object)
-        .map(|m| m.keys().map(|k| if k.contains('/') { k.clone() } else { format!("{k}/tcp") }).collect())
+        .map(|m| m.keys().map(|k| port_key(k)).collect())
         .unwrap_or_default();
     out.sort();
     out
@@ -537,7 +537,7 @@ fn port_requests(r: &Record) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     if let Some(map) = r.host_config.get("PortBindings").and_then(Value::as_object) {
         for (cport, list) in map {
-            let cport = if cport.contains('/') { cport.clone() } else { format!("{cport}/tcp") };
+            let cport = port_key(cport);
             let list = list.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
                 out.push((cport.clone(), String::new(), String::new()));

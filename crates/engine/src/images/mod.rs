@@ -532,11 +532,7 @@ impl Images {
     /// `POST /images/prune`.
     pub fn prune(&self, filters: &Filters) -> Result<ImagePruneResponse> {
         let dangling_only = filters.bool("dangling")?.unwrap_or(true);
-        let until = match filters.get("until") {
-            [] => None,
-            [v] => Some(crate::timefmt::parse_time_arg(v).ok_or_else(|| Error::invalid(format!("invalid filter 'until={v}'")))?.0),
-            _ => return Err(Error::invalid("only one value allowed for until")),
-        };
+        let until = filters.until()?;
         let usage = self.usage();
         let mut deleted = Vec::new();
         let mut reclaimed = 0u64;

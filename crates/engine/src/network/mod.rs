@@ -122,6 +122,22 @@ pub struct Endpoint {
     pub mac: Option<String>,
 }
 
+impl Endpoint {
+    /// The MAC address while connected: `--mac-address`, else derived
+    /// from the address as dockerd does.
+    pub fn mac_address(&self) -> Option<String> {
+        self.ip.map(|ip| self.mac.clone().unwrap_or_else(|| mac_string(ip)))
+    }
+
+    /// Takes the address and names of a planned endpoint.
+    pub fn assign(&mut self, p: &Planned) {
+        self.ip = Some(p.ip);
+        self.last_ip = Some(p.ip);
+        self.endpoint_id = p.endpoint_id.clone();
+        self.host_veth = p.host_veth.clone();
+    }
+}
+
 /// Engine-wide network settings (dockerd's `--bridge`, `--bip`,
 /// `--iptables`, `--ip-forward`, `--host-gateway-ip`).
 #[derive(Debug, Clone)]
@@ -572,11 +588,7 @@ impl Networks {
 
     /// `POST /networks/prune`.
     pub async fn prune(&self, filters: &Filters) -> Result<Value> {
-        let until = match filters.get("until") {
-            [] => None,
-            [v] => Some(crate::timefmt::parse_time_arg(v).ok_or_else(|| Error::invalid(format!("invalid filter 'until={v}'")))?.0),
-            _ => return Err(Error::invalid("only one value allowed for until")),
-        };
+        let until = filters.until()?;
         let candidates: Vec<NetworkRecord> = self.state.lock().expect("network state poisoned").nets.values().filter(|n| !n.predefined()).cloned().collect();
         let mut deleted = Vec::new();
         for n in candidates {
@@ -655,7 +667,7 @@ impl Networks {
                     map.insert(a.container_id.clone(), json!({
                         "Name": a.name,
                         "EndpointID": ep.endpoint_id,
-                        "MacAddress": ep.ip.map(|ip| ep.mac.clone().unwrap_or_else(|| mac_string(ip))).unwrap_or_default(),
+                        "MacAddress": ep.mac_address().unwrap_or_default(),
                         "IPv4Address": ep.ip.map(|ip| format!("{ip}/{prefix}")).unwrap_or_default(),
                         "IPv6Address": "",
                     }));
