@@ -345,8 +345,12 @@ fn kill9_restart_reconciles_and_removal_leaves_nothing() {
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
     // Network events, prune.
     d.docker_ok(&["network", "create", "spare"]);
+    d.docker_ok(&["network", "create", "--label", "keep=yes", "kept"]);
+    let out = d.docker_ok(&["network", "prune", "-f", "--filter", "label!=keep"]);
+    assert!(out.contains("spare") && out.contains("svc") && !out.contains("kept"), "{out}");
+    assert!(d.docker_ok(&["network", "ls", "--format", "{{.Name}}"]).contains("kept"));
     let out = d.docker_ok(&["system", "prune", "-f"]);
-    assert!(out.contains("Deleted Networks:") && out.contains("spare") && out.contains("svc"), "{out}");
+    assert!(out.contains("Deleted Networks:") && out.contains("kept"), "{out}");
     let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string();
     let events = d.docker_ok(&["events", "--since", "0", "--until", &until, "--filter", "type=network", "--format", "{{.Action}} {{.Actor.Attributes.name}}"]);
     // (Events before the restart went with the killed engine, as dockerd's.)

@@ -592,7 +592,7 @@ impl Networks {
         let candidates: Vec<NetworkRecord> = self.state.lock().expect("network state poisoned").nets.values().filter(|n| !n.predefined()).cloned().collect();
         let mut deleted = Vec::new();
         for n in candidates {
-            if !filters.labels_match("label", &n.labels) || until.is_some_and(|u| crate::timefmt::parse_rfc3339(&n.created).map(|t| t.0).unwrap_or(0) >= u) {
+            if !filters.labels_match("label", &n.labels) || filters.labels_excluded("label!", &n.labels) || until.is_some_and(|u| crate::timefmt::parse_rfc3339(&n.created).map(|t| t.0).unwrap_or(0) >= u) {
                 continue;
             }
             if self.remove(&n.id).await.is_ok() {
