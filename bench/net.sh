@@ -19,27 +19,14 @@ WORK=$(mktemp -d /tmp/berth-netbench.XXXX)
 HOST_IP=$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for(i=1;i<NF;i++) if($i=="src") print $(i+1)}')
 mkdir -p bench/results
 cleanup() {
-  for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  grep " $WORK" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
-  rm -rf "$WORK"
+  bench_cleanup
   # dockerd's iptables-nft tables and bridge (this host had none before).
   ip link del docker0 2>/dev/null || true
   nft delete table ip filter 2>/dev/null || true
   nft delete table ip nat 2>/dev/null || true
 }
+. bench/lib.sh
 trap cleanup EXIT
-
-wait_sock() { for _ in $(seq 1 300); do docker -H "unix://$1" version >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "engine on $1 did not start" >&2; return 1; }
-
-median_ms() {
-  local i s e ts=()
-  for i in $(seq 1 "$N"); do
-    s=$(date +%s%N); "$@" >/dev/null || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s%N)
-    ts+=($(( (e - s) / 1000000 )))
-  done
-  printf '%s\n' "${ts[@]}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'
-}
 
 # rps OUTPUT: "SET GET" requests per second from redis-benchmark --csv
 rps() { awk -F'","' '/^"SET"/{s=$2} /^"GET"/{g=$2} END{gsub(/"/,"",s); gsub(/"/,"",g); printf "%d %d", s, g}'; }

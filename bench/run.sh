@@ -12,25 +12,8 @@ REG=${BERTH_TEST_REGISTRY:-127.0.0.1:5000}
 BERTHD=${BERTHD:-target/release/berthd}
 WORK=$(mktemp -d /tmp/berth-bench.XXXX)
 mkdir -p bench/results
-cleanup() {
-  for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  grep " $WORK" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-wait_sock() { for _ in $(seq 1 300); do docker -H "unix://$1" version >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "engine on $1 did not start" >&2; return 1; }
-
-# time_runs CMD... : median wall time of N runs of CMD, in ms
-time_runs() {
-  local i s e ts=()
-  for i in $(seq 1 "$N"); do
-    s=$(date +%s%N); "$@" >/dev/null || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s%N)
-    ts+=($(( (e - s) / 1000000 )))
-  done
-  printf '%s\n' "${ts[@]}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'
-}
+. bench/lib.sh
+trap bench_cleanup EXIT
 
 # concurrent CMD... : starts CONCURRENT copies at once; prints "ok total_ms"
 concurrent() {
@@ -62,7 +45,7 @@ start_engine() {
 declare -A T C
 for e in dockerd berthd; do
   start_engine $e "$WORK/$e"
-  T[$e]=$(time_runs docker -H "unix://$sock" run --rm --network none busybox true)
+  T[$e]=$(median_ms docker -H "unix://$sock" run --rm --network none busybox true)
   C[$e]=$(concurrent docker -H "unix://$sock" run --rm --network none busybox true)
   echo "$e: run ${T[$e]} ms; $CONCURRENT concurrent: ${C[$e]}" >&2
   kill "$engine_pid" 2>/dev/null || true; wait "$engine_pid" 2>/dev/null || true
@@ -71,7 +54,7 @@ if command -v podman >/dev/null; then
   podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" pull -q "docker://$REG/library/busybox" --tls-verify=false >/dev/null
   # crun refuses this hybrid-cgroup host and podman's default rlimits exceed
   # the host's hard limits: runc and explicit limits make it run here.
-  T[podman]=$(time_runs podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" --runtime runc run --rm --network none \
+  T[podman]=$(median_ms podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" --runtime runc run --rm --network none \
       --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 "$REG/library/busybox" true)
   echo "podman: run ${T[podman]} ms" >&2
 fi

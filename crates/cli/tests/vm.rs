@@ -32,6 +32,19 @@ fn skip(why: &str) -> bool {
     true
 }
 
+/// Runs `cmd` and echoes it with its output, so a failing test shows the
+/// whole conversation.
+fn run_logged(name: &str, args: &[&str], mut cmd: Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {name}: {e}"));
+    eprintln!(
+        "$ {name} {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn docker_cli() -> Option<PathBuf> {
     let preferred = PathBuf::from("/usr/local/bin/docker");
     if preferred.exists() {
@@ -57,37 +70,21 @@ impl Env {
     }
 
     fn berth(&self, args: &[&str]) -> Output {
-        let out = Command::new(&self.berth)
-            .args(args)
+        let mut cmd = Command::new(&self.berth);
+        cmd.args(args)
             .env("BERTH_HOME", self.home.path())
             .env("DOCKER_CONFIG", self.docker_config.path())
-            .env("BERTH_VM_IMAGE", workspace_root().join("target/vm-image"))
-            .output()
-            .expect("run berth");
-        eprintln!(
-            "$ berth {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+            .env("BERTH_VM_IMAGE", workspace_root().join("target/vm-image"));
+        run_logged("berth", args, cmd)
     }
 
     fn docker(&self, args: &[&str]) -> Output {
-        let out = Command::new(&self.docker)
-            .args(args)
+        let mut cmd = Command::new(&self.docker);
+        cmd.args(args)
             .env("DOCKER_HOST", format!("unix://{}", self.sock().display()))
             .env("DOCKER_CONFIG", self.docker_config.path())
-            .env_remove("DOCKER_CONTEXT")
-            .output()
-            .expect("run docker");
-        eprintln!(
-            "$ docker {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+            .env_remove("DOCKER_CONTEXT");
+        run_logged("docker", args, cmd)
     }
 
     fn docker_ok(&self, args: &[&str]) -> String {
